@@ -1,0 +1,4 @@
+"""cvsjepa: Critical View of Safety classifiers on V-JEPA 2 video features."""
+
+__version__ = "0.1.0"
+CRITERIA = ("C1", "C2", "C3")

@@ -1,0 +1,262 @@
+"""Typed run configuration: dataclasses, YAML overlays, dotted ``key=value`` overrides.
+
+A config is built in three layers, later ones winning:
+
+1. the dataclass defaults below (the log's Experiment 2 values where the log gives them);
+2. a YAML file, which may name a ``base:`` YAML (relative to itself) that it overlays;
+3. dotted overrides from the command line, e.g. ``train.epochs=2 data.root=/data/endoscapes``.
+
+Every layer is merged in OmegaConf *struct* mode, so an unknown or misspelt key is an error that
+names the key (and the closest valid one). Values are type-checked against the dataclass fields.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
+
+from .errors import ConfigError
+
+CONFIG_VERSION = 1
+
+
+@dataclass
+class DataConfig:
+    root: str = ""  # Endoscapes2023 root, or a `cvsjepa synth` output folder
+    source: str = "auto"  # auto | coco | csv: where keyframe labels are read from
+    frames: int = 16  # frames per clip, sampled from the 1 fps frames; even for V-JEPA's tubelet of 2
+    stride: int = 1  # step between clip frames, counted in 1 fps frames
+    target: str = "hard"  # hard = round(rater mean) (majority of 3); soft = the rater mean itself
+    train_split: str = "train"
+    val_split: str = "val"
+    test_split: str = "test"  # "" = no test split
+    on_bad_sample: str = "error"  # error | skip (skips are logged with a count)
+    num_workers: int = 0
+    limit_per_split: int = 0  # keep only the first N keyframes of each split (0 = all); for smoke runs
+    criteria: list[str] = field(default_factory=lambda: ["C1", "C2", "C3"])  # display names only
+
+
+@dataclass
+class BackboneConfig:
+    name: str = "vjepa2"  # backbone family in the registry
+    preset: str = "vitl"  # tiny | vitl | vith | vitg | vitg384 (shape; weights come from `path`)
+    path: str = ""  # local Hugging Face directory (config.json + *.safetensors)
+    random_weights: bool = False  # allow random weights for a non-tiny preset (benchmarks only)
+    attn_implementation: str = "sdpa"  # sdpa | eager (eager returns attention maps)
+
+
+@dataclass
+class HeadConfig:
+    type: str = "attentive"
+    num_heads: int = 8
+    num_queries: int = 1
+    depth: int = 1  # depth-1 self-attention blocks, then the cross-attention pooling block
+    pooler_mlp_ratio: float = 0.0  # MLP inside the pooling block (official probe: 4.0); 0 = none
+    mlp_hidden: int = 512  # hidden width of the classifier MLP; 0 = a single Linear
+    dropout: float = 0.0
+
+
+@dataclass
+class LossConfig:
+    type: str = "bce"
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 15
+    batch_size: int = 32
+    grad_accum: int = 1  # micro-batches per optimiser step (effective batch = batch_size * grad_accum)
+    lr: float = 5e-4  # head learning rate
+    weight_decay: float = 0.01
+    warmup_epochs: float = 0.0  # linear warm-up, then cosine decay to min_lr_ratio * lr
+    min_lr_ratio: float = 0.0
+    patience: int = 5  # early stopping on val mAP; 0 = never stop early
+    grad_clip: float = 1.0  # max gradient norm; 0 = off
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    eval_test: bool = True  # score the best checkpoint on the test split at the end
+
+
+@dataclass
+class RunConfig:
+    version: int = CONFIG_VERSION
+    name: str = "run"
+    description: str = ""
+    seed: int = 0
+    out: str = ""  # run directory; empty = runs/<name>-<timestamp>
+    data: DataConfig = field(default_factory=DataConfig)
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    head: HeadConfig = field(default_factory=HeadConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+# Group keys that accept a bare string as shorthand: `backbone=tiny` means `backbone.preset=tiny`.
+_SHORTHANDS = {"backbone": "preset", "head": "type", "loss": "type"}
+
+_CHOICES = {
+    "data.source": ("auto", "coco", "csv"),
+    "data.target": ("hard", "soft"),
+    "data.on_bad_sample": ("error", "skip"),
+    "backbone.attn_implementation": ("sdpa", "eager"),
+    "loss.type": ("bce",),
+    "head.type": ("attentive",),
+}
+
+
+def _all_keys(node: Any, prefix: str = "") -> list[str]:
+    keys = []
+    if isinstance(node, DictConfig):
+        for k in node.keys():
+            full = f"{prefix}{k}"
+            keys.append(full)
+            keys.extend(_all_keys(node[k], full + "."))
+    return keys
+
+
+def _unknown_key_error(key: str, where: str, schema: DictConfig) -> ConfigError:
+    valid = _all_keys(schema)
+    close = difflib.get_close_matches(key, valid, n=1, cutoff=0.6)
+    hint = f" Did you mean '{close[0]}'?" if close else ""
+    return ConfigError(f"unknown config key '{key}' in {where}.{hint} "
+                       f"Run `cvsjepa config-keys` to list every key.")
+
+
+def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for k, v in d.items():
+        full = f"{prefix}{k}"
+        if isinstance(v, dict) and v:
+            out.update(_flatten(v, full + "."))
+        else:
+            out[full] = v
+    return out
+
+
+def _merge(cfg: DictConfig, updates: dict, where: str) -> DictConfig:
+    """Merge a plain dict into the structured config, naming the offending key on error."""
+    schema = OmegaConf.structured(RunConfig)
+    for key, value in _flatten(updates).items():
+        head, _, rest = key.partition(".")
+        if not rest and head in _SHORTHANDS and isinstance(value, str):
+            key = f"{head}.{_SHORTHANDS[head]}"
+            if head == "backbone":  # a preset switch drops a stale weights path
+                OmegaConf.update(cfg, "backbone.path", "", merge=True)
+        if OmegaConf.select(schema, key, default="__missing__") == "__missing__":
+            raise _unknown_key_error(key, where, schema)
+        try:
+            OmegaConf.update(cfg, key, value, merge=True)
+        except ConfigKeyError as e:
+            raise _unknown_key_error(key, where, schema) from e
+        except OmegaConfBaseException as e:
+            expected = type(OmegaConf.select(schema, key)).__name__
+            raise ConfigError(f"bad value for '{key}' in {where}: {value!r} "
+                              f"(expected {expected})") from e
+    return cfg
+
+
+def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict:
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    if path.resolve() in seen:
+        raise ConfigError(f"config {path} includes itself through 'base:'")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config {path} is not valid YAML: {e}") from e
+    if not isinstance(data, dict):
+        raise ConfigError(f"config {path} must be a mapping of keys to values, got {type(data).__name__}")
+    base = data.pop("base", None)
+    if base is None:
+        return data
+    parent = _read_yaml((path.parent / base), seen + (path.resolve(),))
+    return _deep_update(parent, data)
+
+
+def _deep_update(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _deep_update(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """``["train.epochs=2", "data.root=/x"]`` -> ``{"train.epochs": 2, "data.root": "/x"}``.
+
+    Values are parsed as YAML scalars/lists (``2`` -> int, ``[1,5,1]`` -> list, ``null`` -> None).
+    """
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key or " " in key:
+            raise ConfigError(f"override '{item}' is not of the form key=value (e.g. train.epochs=2)")
+        try:
+            value = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError:
+            value = raw
+        out[key.strip()] = value
+    return out
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
+    """Defaults, then the YAML at ``path`` (with its ``base:`` chain), then dotted overrides."""
+    cfg = OmegaConf.structured(RunConfig)
+    if path is not None:
+        data = _read_yaml(Path(path))
+        version = data.get("version", CONFIG_VERSION)
+        if version != CONFIG_VERSION:
+            raise ConfigError(f"config {path} has version {version}; this cvsjepa reads version "
+                              f"{CONFIG_VERSION}. Update the file (see docs/architecture.md, 'Configs').")
+        cfg = _merge(cfg, data, str(path))
+    if overrides:
+        cfg = _merge(cfg, parse_overrides(overrides), "command-line overrides")
+    run_cfg: RunConfig = OmegaConf.to_object(cfg)  # type: ignore[assignment]
+    validate(run_cfg)
+    return run_cfg
+
+
+def validate(cfg: RunConfig) -> None:
+    """Checks that types alone cannot express; each message names the key."""
+    flat = _flatten(OmegaConf.to_container(OmegaConf.structured(cfg)))  # type: ignore[arg-type]
+    for key, allowed in _CHOICES.items():
+        if flat[key] not in allowed:
+            raise ConfigError(f"{key}={flat[key]!r} is not one of {', '.join(allowed)}")
+    positive = ["data.frames", "data.stride", "train.epochs", "train.batch_size", "train.grad_accum"]
+    for key in positive:
+        if flat[key] < 1:
+            raise ConfigError(f"{key} must be >= 1, got {flat[key]}")
+    if cfg.train.lr <= 0:
+        raise ConfigError(f"train.lr must be > 0, got {cfg.train.lr}")
+    if len(cfg.data.criteria) != 3:
+        raise ConfigError(f"data.criteria must name the 3 CVS criteria, got {cfg.data.criteria}")
+
+
+def to_yaml(cfg: RunConfig) -> str:
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+
+
+def to_dict(cfg: RunConfig) -> dict:
+    return OmegaConf.to_container(OmegaConf.structured(cfg))  # type: ignore[return-value]
+
+
+def from_dict(data: dict, where: str = "saved config") -> RunConfig:
+    """Rebuild a config saved by this tool (run directories, checkpoints)."""
+    version = data.get("version", CONFIG_VERSION)
+    if version != CONFIG_VERSION:
+        raise ConfigError(f"{where} has config version {version}; this cvsjepa reads {CONFIG_VERSION}")
+    cfg = _merge(OmegaConf.structured(RunConfig), data, where)
+    return OmegaConf.to_object(cfg)  # type: ignore[return-value]
+
+
+def all_keys() -> list[tuple[str, Any]]:
+    """Every leaf key with its default, for `cvsjepa config-keys`."""
+    flat = _flatten(to_dict(RunConfig()))
+    return sorted(flat.items())
