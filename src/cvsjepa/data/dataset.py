@@ -1,0 +1,107 @@
+"""The torch Dataset of keyframe clips: JPEG frames -> preprocessed ``[T, 3, crop, crop]`` clips.
+
+Frames are preprocessed one at a time and the preprocessed frame is cached (LRU keyed by path):
+consecutive keyframe clips overlap (16-s windows every 5 s), so a sequential pass decodes and
+resizes each JPEG once. Preprocessing per frame equals preprocessing the stacked clip, because
+``preprocess_frames`` treats the frames of a clip independently.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from pathlib import Path
+
+import torch
+from torch.utils.data import Dataset, default_collate
+
+from ..errors import DataError
+from .endoscapes import BAD_SAMPLE_POLICIES, Sample
+from .frames import FrameCache, read_frame
+from .transforms import preprocess_frames
+
+log = logging.getLogger("cvsjepa")
+
+TARGET_MODES = ("hard", "soft")
+
+
+def load_preprocessed(path: Path, crop: int) -> torch.Tensor:
+    """One JPEG -> float32 ``[3, crop, crop]`` through the one preprocessing path."""
+    return preprocess_frames(read_frame(path).unsqueeze(0), crop)[0]
+
+
+class ClipDataset(Dataset):
+    """Keyframe clips with their targets.
+
+    Item: ``video`` float32 ``[T, 3, crop, crop]``; ``target`` float32 ``[3]`` (the 0/1 label for
+    ``target="hard"``, the rater mean for ``"soft"``); ``label`` and ``rater_mean`` float32 ``[3]``;
+    ``sample_id`` str, ``video_id`` int, ``frame`` int.
+    With ``on_bad_sample="skip"`` a clip whose frame cannot be read gives ``None`` (drop it with
+    :func:`collate_skip_none`); with ``"error"`` the :class:`DataError` naming the frame propagates.
+    ``cache_frames`` preprocessed frames are kept per process (each DataLoader worker has its own).
+    """
+
+    def __init__(self, samples: list[Sample], crop: int, target: str = "hard", cache_frames: int = 64,
+                 on_bad_sample: str = "error"):
+        if target not in TARGET_MODES:
+            raise ValueError(f"target must be one of {TARGET_MODES}, got {target!r}")
+        if on_bad_sample not in BAD_SAMPLE_POLICIES:
+            raise ValueError(f"on_bad_sample must be one of {BAD_SAMPLE_POLICIES}, got {on_bad_sample!r}")
+        self.samples = list(samples)
+        self.crop = crop
+        self.target = target
+        self.on_bad_sample = on_bad_sample
+        # A partial of a module-level function pickles for spawned workers, unlike a bound lambda.
+        self.cache = FrameCache(cache_frames, load=functools.partial(load_preprocessed, crop=crop))
+        self._bad: dict[str, DataError] = {}  # a corrupt frame fails once, not once per clip holding it
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int) -> dict | None:
+        s = self.samples[i]
+        try:
+            video = self.load_clip(s)
+        except DataError as e:
+            if self.on_bad_sample == "error":
+                raise
+            log.warning("skipping keyframe %s (on_bad_sample=skip): %s", s.sample_id, e)
+            return None
+        return {
+            "video": video,
+            "target": torch.tensor(s.target(self.target), dtype=torch.float32),
+            "label": torch.tensor(s.label, dtype=torch.float32),
+            "rater_mean": torch.tensor(s.rater_mean, dtype=torch.float32),
+            "sample_id": s.sample_id,
+            "video_id": s.video_id,
+            "frame": s.frame,
+        }
+
+    def load_clip(self, s: Sample) -> torch.Tensor:
+        """float32 ``[T, 3, crop, crop]`` for the sample's clip (padding repeats reuse one frame)."""
+        frames = {p: self._frame(p) for p in dict.fromkeys(s.clip_paths)}
+        return torch.stack([frames[p] for p in s.clip_paths])
+
+    def _frame(self, path: Path) -> torch.Tensor:
+        key = str(path)
+        if key in self._bad:
+            raise self._bad[key]
+        try:
+            return self.cache.get(path)
+        except DataError as e:
+            self._bad[key] = e
+            raise
+
+
+def collate_skip_none(batch: list[dict | None]) -> dict | None:
+    """``default_collate`` after dropping the ``None`` items of skipped samples.
+
+    Returns ``None`` when every item was skipped; the training loop skips such a batch.
+    """
+    kept = [b for b in batch if b is not None]
+    if len(kept) < len(batch):
+        log.info("dropped %d skipped sample(s) from a batch of %d", len(batch) - len(kept), len(batch))
+    if not kept:
+        log.warning("a whole batch of %d sample(s) was skipped (on_bad_sample=skip)", len(batch))
+        return None
+    return default_collate(kept)
