@@ -38,6 +38,7 @@ class DataConfig:
     test_split: str = "test"  # "" = no test split
     on_bad_sample: str = "error"  # error | skip (skips are logged with a count)
     num_workers: int = 0
+    frame_cache_mb: int = 1024  # RAM for preprocessed frames, reused by overlapping clips and later epochs
     limit_per_split: int = 0  # keep only the first N keyframes of each split (0 = all); for smoke runs
     criteria: list[str] = field(default_factory=lambda: ["C1", "C2", "C3"])  # display names only
 
@@ -166,7 +167,7 @@ def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict:
     if path.resolve() in seen:
         raise ConfigError(f"config {path} includes itself through 'base:'")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = _floats_in(yaml.safe_load(path.read_text()) or {})
     except yaml.YAMLError as e:
         raise ConfigError(f"config {path} is not valid YAML: {e}") from e
     if not isinstance(data, dict):
@@ -178,6 +179,12 @@ def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict:
     return _deep_update(parent, data)
 
 
+def _floats_in(node: Any) -> Any:
+    if isinstance(node, dict):
+        return {k: _floats_in(v) for k, v in node.items()}
+    return _yaml11_float(node)
+
+
 def _deep_update(base: dict, over: dict) -> dict:
     out = dict(base)
     for k, v in over.items():
@@ -186,6 +193,18 @@ def _deep_update(base: dict, over: dict) -> dict:
         else:
             out[k] = v
     return out
+
+
+def _yaml11_float(value: Any) -> Any:
+    """YAML 1.1 reads ``1e-4`` (no dot) as a string; learning rates are written that way."""
+    if isinstance(value, str):
+        try:
+            return float(value) if any(c in value.lower() for c in "e.") else value
+        except ValueError:
+            return value
+    if isinstance(value, list):
+        return [_yaml11_float(v) for v in value]
+    return value
 
 
 def parse_overrides(items: list[str]) -> dict[str, Any]:
@@ -202,7 +221,7 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
             value = yaml.safe_load(raw) if raw != "" else ""
         except yaml.YAMLError:
             value = raw
-        out[key.strip()] = value
+        out[key.strip()] = _yaml11_float(value)
     return out
 
 

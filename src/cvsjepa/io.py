@@ -1,0 +1,98 @@
+"""Crash-safe file writes: a finished file is either the old one or the complete new one.
+
+Every write goes to a temporary file in the same folder, is flushed and fsync'ed, then renamed
+over the target (``os.replace`` is atomic on POSIX). A crash mid-write leaves a ``.tmp-*`` file
+that nothing reads, never a truncated file with the real name.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from .errors import CheckpointError, CVSJepaError
+
+
+class DiskFullError(CVSJepaError):
+    """No space left while writing; the previous version of the file is intact."""
+
+
+def _atomic(path: Path, write: Callable[[Path], None]) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".tmp-{path.name}.", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        if e.errno == 28:  # ENOSPC
+            raise DiskFullError(f"disk full while writing {path}; the previous version (if any) is "
+                                f"intact. Free space and run again.") from e
+        raise
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    _atomic(path, lambda p: p.write_text(text))
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, Path):
+        return str(o)
+    if isinstance(o, torch.Tensor):
+        return o.tolist()
+    if hasattr(o, "item"):
+        return o.item()
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def atomic_save_safetensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict | None = None) -> None:
+    tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    _atomic(path, lambda p: save_file(tensors, str(p), metadata=metadata))
+
+
+def atomic_torch_save(path: Path, obj: Any) -> None:
+    """For resume state only (optimizer, RNG): plain containers of tensors and numbers, so it loads
+    back with ``torch.load(weights_only=True)``."""
+    _atomic(path, lambda p: torch.save(obj, p))
+
+
+def load_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"weights file not found: {path}")
+    try:
+        return load_file(str(path))
+    except Exception as e:  # safetensors raises several types for a corrupt header/body
+        raise CheckpointError(f"{path} is not a readable safetensors file ({e}); it may be truncated "
+                              f"or not written by cvsjepa") from e
+
+
+def safe_torch_load(path: Path) -> Any:
+    """``torch.load`` that never unpickles arbitrary objects."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"file not found: {path}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise CheckpointError(f"refusing to load {path}: it is not a plain tensor checkpoint that loads "
+                              f"with weights_only=True ({type(e).__name__}). Only load files written "
+                              f"by cvsjepa or official weight releases.") from e

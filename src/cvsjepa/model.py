@@ -1,0 +1,50 @@
+"""The classifier: a backbone (or stored tokens) feeding a head.
+
+``CVSClassifier.forward(batch)`` takes the loader's batch dict: ``batch["video"]``
+[B, T, 3, crop, crop] runs the backbone; ``batch["tokens"]`` [B, N, D] (from a feature store)
+skips it. The head never knows which path its tokens came from.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .backbones import Backbone
+
+
+class CVSClassifier(nn.Module):
+    def __init__(self, backbone: Backbone | None, head: nn.Module):
+        super().__init__()
+        self.backbone = backbone
+        self.head = head
+
+    @property
+    def backbone_frozen(self) -> bool:
+        return self.backbone is None or not any(p.requires_grad for p in self.backbone.parameters())
+
+    def tokens(self, batch: dict) -> torch.Tensor:
+        if "tokens" in batch:
+            return batch["tokens"].float()
+        if self.backbone is None:
+            raise ValueError("batch has no 'tokens' and the classifier has no backbone")
+        if self.backbone_frozen:
+            return self.backbone.extract(batch["video"])
+        return self.backbone(batch["video"])
+
+    def forward(self, batch: dict, return_attention: bool = False):
+        return self.head(self.tokens(batch), return_attention=return_attention)
+
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        """What a checkpoint must hold: the head, plus any backbone weight that can change."""
+        keep = {n for n, p in self.named_parameters() if p.requires_grad}
+        keep |= {f"head.{n}" for n, _ in self.head.named_parameters()}
+        keep |= {f"head.{n}" for n, _ in self.head.named_buffers()}
+        return {k: v for k, v in self.state_dict().items() if k in keep}
+
+
+def count_params(module: nn.Module) -> tuple[int, int]:
+    """(trainable, total) parameter counts."""
+    total = sum(p.numel() for p in module.parameters())
+    trainable = sum(p.numel() for p in module.parameters() if p.requires_grad)
+    return trainable, total
