@@ -50,6 +50,7 @@ class BackboneConfig:
     path: str = ""  # local Hugging Face directory (config.json + *.safetensors)
     random_weights: bool = False  # allow random weights for a non-tiny preset (benchmarks only)
     attn_implementation: str = "sdpa"  # sdpa | eager (eager returns attention maps)
+    layers: list[int] = field(default_factory=list)  # multilevel: e.g. [17, 19, 21, 23]; empty = last layer
 
 
 @dataclass
@@ -84,6 +85,17 @@ class TrainConfig:
 
 
 @dataclass
+class FeaturesConfig:
+    store: str = ""  # feature store folder: `cvsjepa extract` writes it, `train` reads tokens from it when set
+    dtype: str = "float16"  # float16 | bfloat16 | float32: storage precision of the tokens
+    pool: str = "none"  # none | avg2x2: 2x2 spatial average pooling of the token grid (4x less storage)
+    views: int = 1  # deterministic spatial views per clip (1 = the center crop), for test-time augmentation
+    splits: list[str] = field(default_factory=list)  # splits to extract; empty = data.train/val/test_split
+    shard_clips: int = 256  # clips per shard file
+    batch_size: int = 8  # clips per backbone forward during extraction
+
+
+@dataclass
 class RunConfig:
     version: int = CONFIG_VERSION
     name: str = "run"
@@ -95,6 +107,7 @@ class RunConfig:
     head: HeadConfig = field(default_factory=HeadConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    features: FeaturesConfig = field(default_factory=FeaturesConfig)
 
 
 # Group keys that accept a bare string as shorthand: `backbone=tiny` means `backbone.preset=tiny`.
@@ -107,6 +120,8 @@ _CHOICES = {
     "backbone.attn_implementation": ("sdpa", "eager"),
     "loss.type": ("bce",),
     "head.type": ("attentive",),
+    "features.dtype": ("float16", "bfloat16", "float32"),
+    "features.pool": ("none", "avg2x2"),
 }
 
 

@@ -1,0 +1,31 @@
+"""`cvsjepa train CONFIG [key=value ...]`."""
+
+from __future__ import annotations
+
+from ._common import CONFIG_HELP, split_config_args
+
+NAME = "train"
+HELP = "train a CVS classifier; writes a run directory"
+
+
+def add_parser(sub) -> None:
+    t = sub.add_parser(NAME, help=HELP,
+                       description="Train a CVS classifier and write a run directory (config.yaml, metrics.csv, "
+                                   "summary.json, checkpoints/best, predictions, training_curve.png). " + CONFIG_HELP)
+    t.add_argument("config_and_overrides", nargs="*", metavar="CONFIG [key=value ...]")
+    t.add_argument("--no-progress", action="store_true", help="no progress bars (logs only)")
+    t.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from ..config import load_config
+    from ..train.loop import train
+
+    path, overrides = split_config_args(args.config_and_overrides)
+    cfg = load_config(path, overrides)
+    result = train(cfg, progress=not args.no_progress)
+    s = result.summary
+    print(f"best val mAP {s['best_val_map']:.4f} at epoch {s['best_epoch']}"
+          + (f" | test mAP {s['test_map']:.4f}" if s.get("test_map") is not None else "")
+          + f" | run directory: {result.run_dir}")
+    return 0
