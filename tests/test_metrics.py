@@ -74,3 +74,15 @@ def test_schedule_shape():
     assert vals[0] == pytest.approx(0.1) and vals[9] == pytest.approx(1.0)
     assert all(a >= b - 1e-12 for a, b in zip(vals[10:], vals[11:]))  # monotone decay after warm-up
     assert vals[100] == pytest.approx(0.1)
+
+
+def test_thresholds_maximise_balanced_accuracy_on_val_only():
+    from cvsjepa.evaluate.thresholds import balanced_accuracy, choose_thresholds
+
+    probs = torch.tensor([[0.1], [0.2], [0.35], [0.4], [0.8], [0.9]])
+    labels = torch.tensor([[0], [0], [0], [1], [1], [1]])
+    (t,) = choose_thresholds(probs, labels)
+    assert t == pytest.approx(0.4)  # separates perfectly: balanced accuracy 1
+    assert balanced_accuracy(probs[:, 0] >= t, labels[:, 0]) == 1.0
+    # an undefined criterion (no positives) falls back to 0.5
+    assert choose_thresholds(probs, torch.zeros(6, 1)) == [0.5]

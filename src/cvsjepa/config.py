@@ -96,6 +96,13 @@ class FeaturesConfig:
 
 
 @dataclass
+class SweepConfig:
+    """`cvsjepa sweep`: K = len(lrs) * len(weight_decays) heads trained at once from a feature store."""
+    lrs: list[float] = field(default_factory=lambda: [5e-3, 3e-3, 1e-3, 3e-4, 1e-4])  # official V-JEPA 2 grid
+    weight_decays: list[float] = field(default_factory=lambda: [0.01, 0.1, 0.4, 0.8])
+
+
+@dataclass
 class RunConfig:
     version: int = CONFIG_VERSION
     name: str = "run"
@@ -108,6 +115,7 @@ class RunConfig:
     loss: LossConfig = field(default_factory=LossConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     features: FeaturesConfig = field(default_factory=FeaturesConfig)
+    sweep: SweepConfig = field(default_factory=SweepConfig)
 
 
 # Group keys that accept a bare string as shorthand: `backbone=tiny` means `backbone.preset=tiny`.
