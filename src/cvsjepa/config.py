@@ -66,7 +66,40 @@ class HeadConfig:
 
 @dataclass
 class LossConfig:
-    type: str = "bce"
+    type: str = "bce"  # bce | focal
+    focal_alpha: float = 0.25  # focal: weight of positives (1 - alpha for negatives); exp3 0.25
+    focal_gamma: float = 2.0  # focal: (1 - p_t)^gamma down-weights easy examples; exp3 2.0
+    pos_weight: list[float] = field(default_factory=list)  # per criterion, e.g. [1, 5, 1] (exp6); empty = none
+    label_smoothing: float = 0.0  # targets y -> y * (1 - eps) + eps / 2
+
+
+@dataclass
+class AdaptConfig:
+    """How the backbone may change during training. frozen: not at all (features can come from a store)."""
+    mode: str = "frozen"  # frozen | unfreeze | lora
+    unfreeze_last: int = 2  # unfreeze: how many of the last encoder blocks train (exp8: 2)
+    lr: float = 1e-5  # learning rate of the unfrozen blocks or the LoRA adapters
+    llrd: float = 1.0  # layer-wise LR decay: block i (of L) gets lr * llrd^(L-1-i); 1 = off
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.1
+    lora_targets: list[str] = field(default_factory=lambda: ["query", "value"])  # encoder attention only
+    drop_path: float = 0.0  # stochastic depth in the backbone, linearly increasing with depth
+    gradient_checkpointing: bool = False  # recompute block activations in backward to save memory
+
+
+@dataclass
+class Stage2Config:
+    """Staged fine-tuning (exp9): after the main (stage 1) training, continue from its best checkpoint."""
+    enabled: bool = False
+    epochs: int = 5
+    patience: int = 3
+    mode: str = "unfreeze"  # unfreeze | lora
+    unfreeze_last: int = 1
+    backbone_lr: float = 1e-6
+    lr: float = 1e-5  # head learning rate in stage 2
+    batch_size: int = 16
+    grad_accum: int = 8
 
 
 @dataclass
@@ -82,6 +115,10 @@ class TrainConfig:
     grad_clip: float = 1.0  # max gradient norm; 0 = off
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     eval_test: bool = True  # score the best checkpoint on the test split at the end
+    sampler: str = "random"  # random | balanced (WeightedRandomSampler, exp4)
+    mixup_alpha: float = 0.0  # MixUp Beta(alpha, alpha); 0 = off (pixels in the loop, tokens from a store)
+    cutmix_alpha: float = 0.0  # CutMix Beta(alpha, alpha); 0 = off
+    mix_prob: float = 1.0  # probability that a batch is mixed when MixUp/CutMix is on
 
 
 @dataclass
@@ -113,6 +150,8 @@ class RunConfig:
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     head: HeadConfig = field(default_factory=HeadConfig)
     loss: LossConfig = field(default_factory=LossConfig)
+    adapt: AdaptConfig = field(default_factory=AdaptConfig)
+    stage2: Stage2Config = field(default_factory=Stage2Config)
     train: TrainConfig = field(default_factory=TrainConfig)
     features: FeaturesConfig = field(default_factory=FeaturesConfig)
     sweep: SweepConfig = field(default_factory=SweepConfig)
@@ -126,8 +165,11 @@ _CHOICES = {
     "data.target": ("hard", "soft"),
     "data.on_bad_sample": ("error", "skip"),
     "backbone.attn_implementation": ("sdpa", "eager"),
-    "loss.type": ("bce",),
-    "head.type": ("attentive",),
+    "loss.type": ("bce", "focal"),
+    "head.type": ("attentive", "linear"),
+    "adapt.mode": ("frozen", "unfreeze", "lora"),
+    "stage2.mode": ("unfreeze", "lora"),
+    "train.sampler": ("random", "balanced"),
     "features.dtype": ("float16", "bfloat16", "float32"),
     "features.pool": ("none", "avg2x2"),
 }
@@ -277,6 +319,15 @@ def validate(cfg: RunConfig) -> None:
             raise ConfigError(f"{key} must be >= 1, got {flat[key]}")
     if cfg.train.lr <= 0:
         raise ConfigError(f"train.lr must be > 0, got {cfg.train.lr}")
+    if cfg.loss.pos_weight and len(cfg.loss.pos_weight) != 3:
+        raise ConfigError(f"loss.pos_weight needs one weight per criterion (3), got {cfg.loss.pos_weight}")
+    if not 0 <= cfg.loss.label_smoothing < 1:
+        raise ConfigError(f"loss.label_smoothing must be in [0, 1), got {cfg.loss.label_smoothing}")
+    if cfg.features.store and cfg.adapt.mode != "frozen":
+        raise ConfigError(f"features.store reads stored tokens, so the backbone cannot change: it needs "
+                          f"adapt.mode=frozen (got {cfg.adapt.mode}); drop features.store to train through it")
+    if cfg.features.store and cfg.stage2.enabled:
+        raise ConfigError("stage2 fine-tunes the backbone, so it cannot read a feature store; drop features.store")
     if len(cfg.data.criteria) != 3:
         raise ConfigError(f"data.criteria must name the 3 CVS criteria, got {cfg.data.criteria}")
 

@@ -14,10 +14,13 @@ from .backbones import Backbone
 
 
 class CVSClassifier(nn.Module):
-    def __init__(self, backbone: Backbone | None, head: nn.Module):
+    def __init__(self, backbone: Backbone | None, head: nn.Module, base_fingerprint: str | None = None):
         super().__init__()
         self.backbone = backbone
         self.head = head
+        # fingerprint of the backbone's weights as loaded, before any adaptation: a checkpoint
+        # records it so that loading can check it rebuilds on the same base weights
+        self.base_fingerprint = base_fingerprint
 
     @property
     def backbone_frozen(self) -> bool:
@@ -35,9 +38,10 @@ class CVSClassifier(nn.Module):
     def forward(self, batch: dict, return_attention: bool = False):
         return self.head(self.tokens(batch), return_attention=return_attention)
 
-    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
-        """What a checkpoint must hold: the head, plus any backbone weight that can change."""
-        keep = {n for n, p in self.named_parameters() if p.requires_grad}
+    def trainable_state_dict(self, include_lora: bool = True) -> dict[str, torch.Tensor]:
+        """What a checkpoint must hold: the head, plus any backbone weight that can change.
+        LoRA weights can be left out when they are saved as a PEFT adapter instead."""
+        keep = {n for n, p in self.named_parameters() if p.requires_grad and (include_lora or "lora_" not in n)}
         keep |= {f"head.{n}" for n, _ in self.head.named_parameters()}
         keep |= {f"head.{n}" for n, _ in self.head.named_buffers()}
         return {k: v for k, v in self.state_dict().items() if k in keep}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from ._common import CONFIG_HELP, split_config_args
 
 NAME = "train"
@@ -14,15 +16,21 @@ def add_parser(sub) -> None:
                                    "summary.json, checkpoints/best, predictions, training_curve.png). " + CONFIG_HELP)
     t.add_argument("config_and_overrides", nargs="*", metavar="CONFIG [key=value ...]")
     t.add_argument("--no-progress", action="store_true", help="no progress bars (logs only)")
+    t.add_argument("--dry-run", action="store_true",
+                   help="build the model (random weights when backbone.path is empty) without data or training "
+                        "and print one JSON object: trainable_params, total_params, breakdown by part")
     t.set_defaults(func=run)
 
 
 def run(args) -> int:
     from ..config import load_config
-    from ..train.loop import train
+    from ..train.loop import dry_run, train
 
     path, overrides = split_config_args(args.config_and_overrides)
     cfg = load_config(path, overrides)
+    if args.dry_run:
+        print(json.dumps(dry_run(cfg), indent=2))
+        return 0
     result = train(cfg, progress=not args.no_progress)
     s = result.summary
     print(f"best val mAP {s['best_val_map']:.4f} at epoch {s['best_epoch']}"

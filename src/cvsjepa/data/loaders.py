@@ -20,10 +20,11 @@ class SplitData:
     index: SplitIndex
     dataset: ClipDataset
 
-    def loader(self, batch_size: int, shuffle: bool, num_workers: int, generator: torch.Generator | None = None):
-        return DataLoader(self.dataset, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers,
-                          generator=generator, collate_fn=collate_skip_none, drop_last=False,
-                          persistent_workers=num_workers > 0)
+    def loader(self, batch_size: int, shuffle: bool, num_workers: int, generator: torch.Generator | None = None,
+               sampler=None):
+        return DataLoader(self.dataset, batch_size=batch_size, shuffle=shuffle and sampler is None,
+                          sampler=sampler, num_workers=num_workers, generator=generator,
+                          collate_fn=collate_skip_none, drop_last=False, persistent_workers=num_workers > 0)
 
 
 def split_names(cfg: RunConfig) -> dict[str, str]:

@@ -13,6 +13,7 @@ from torch import nn
 from ..config import HeadConfig
 from ..errors import ConfigError
 from .attentive import AttentiveHead
+from .linear import MeanPoolHead
 
 
 def _attentive(cfg: HeadConfig, embed_dim: int, num_classes: int) -> nn.Module:
@@ -21,8 +22,13 @@ def _attentive(cfg: HeadConfig, embed_dim: int, num_classes: int) -> nn.Module:
                          dropout=cfg.dropout)
 
 
+def _linear(cfg: HeadConfig, embed_dim: int, num_classes: int) -> nn.Module:
+    return MeanPoolHead(embed_dim, num_classes=num_classes, mlp_hidden=cfg.mlp_hidden, dropout=cfg.dropout)
+
+
 HEADS: dict[str, Callable[[HeadConfig, int, int], nn.Module]] = {
     "attentive": _attentive,
+    "linear": _linear,  # mean-pool probe: the floor any attentive head must beat
 }
 
 

@@ -1,10 +1,12 @@
 """The training loop: one readable function from a config to a finished run directory.
 
-    for each epoch:
-        train: micro-batches -> loss / grad_accum -> backward; every grad_accum: clip, step, LR step
-        validate: AP per criterion on val, mAP (nanmean)
-        log a metrics.csv row; keep the best checkpoint by val mAP; write the resume state
-        stop when val mAP has not improved for `patience` epochs
+    build: backbone (frozen / last-N unfrozen / LoRA) + head; data from JPEG clips or a feature store
+    for each stage (1, then 2 if stage2.enabled, starting from stage 1's best):
+        for each epoch:
+            train: [MixUp/CutMix] -> loss / grad_accum -> backward; every grad_accum: clip, step, LR step
+            validate: AP per criterion on val, mAP (nanmean)
+            log a metrics.csv row; keep the best checkpoint by val mAP; write the resume state
+            stop when val mAP has not improved for `patience` epochs
     reload the best checkpoint, score val and test, write predictions, summary.json, the curve
 
 Checkpoints are chosen on val only; the test split is scored once, at the end, on the best model.
@@ -16,38 +18,65 @@ import json
 import logging
 import math
 import random
+import shutil
 import subprocess
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
 from tqdm.auto import tqdm
 
 from .. import __version__
+from ..adapt import apply_adaptation, backbone_param_groups, has_lora, params_breakdown
 from ..backbones import build_backbone
-from ..checkpoint import load_weights_strict, save_classifier
+from ..checkpoint import restore_weights, save_classifier
 from ..config import RunConfig
-from ..data.loaders import build_splits
 from ..errors import ConfigError
 from ..evaluate.inference import Predictions, move_batch, predict_loader
 from ..evaluate.metrics import cvs_average_precision, prevalence
 from ..heads import build_head
-from ..io import atomic_torch_save, atomic_write_json, load_safetensors
+from ..io import atomic_save_safetensors, atomic_torch_save, atomic_write_json
 from ..model import CVSClassifier, count_params
 from .losses import build_loss
+from .mixing import mix_batch
 from .rundir import create_run_dir, plot_training_curve, write_metrics, write_predictions
+from .sampling import build_sampler
 from .schedule import warmup_cosine
 
 log = logging.getLogger("cvsjepa")
+CRITERIA = ("C1", "C2", "C3")
 
 
 @dataclass
 class TrainResult:
     run_dir: Path
     summary: dict
+
+
+@dataclass
+class StagePlan:
+    """What differs between stage 1 and stage 2 of a run."""
+    stage: int
+    epochs: int
+    patience: int
+    batch_size: int
+    grad_accum: int
+    head_lr: float
+    backbone_lr: float
+    warmup_epochs: float
+
+
+@dataclass
+class Progress:
+    """Best-so-far and early-stopping state, carried from epoch to epoch and stage to stage."""
+    rows: list[dict] = field(default_factory=list)
+    best_map: float = -math.inf
+    best_epoch: int | None = None
+    best_stage: int | None = None
+    bad_epochs: int = 0
+    stage_best: dict[int, float] = field(default_factory=dict)
 
 
 def seed_everything(seed: int) -> None:
@@ -64,55 +93,83 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def build_optimizer(model: CVSClassifier, cfg: RunConfig) -> torch.optim.Optimizer:
-    """AdamW with one parameter group per part, so each part can carry its own learning rate.
-    Biases and norm weights (1-d tensors) get no weight decay."""
-    groups = []
-    for part, lr in (("head", cfg.train.lr),):
-        module = getattr(model, part)
-        decay = [p for p in module.parameters() if p.requires_grad and p.ndim > 1]
-        no_decay = [p for p in module.parameters() if p.requires_grad and p.ndim <= 1]
-        groups.append({"params": decay, "lr": lr, "weight_decay": cfg.train.weight_decay, "name": part})
-        groups.append({"params": no_decay, "lr": lr, "weight_decay": 0.0, "name": f"{part}_no_decay"})
-    return torch.optim.AdamW([g for g in groups if g["params"]])
+def build_model(cfg: RunConfig, device: torch.device | str = "cpu", allow_random: bool = False) -> CVSClassifier:
+    """Backbone (with the configured adaptation) + head. ``allow_random`` lets a dry run count the
+    parameters of a preset without its weights."""
+    bcfg = cfg.backbone
+    if allow_random and not bcfg.path and bcfg.preset != "tiny":
+        bcfg = type(bcfg)(**{**bcfg.__dict__, "random_weights": True})
+    backbone = build_backbone(bcfg, device=device).freeze()
+    if cfg.data.frames % backbone.tubelet_size:
+        raise ConfigError(f"data.frames={cfg.data.frames} must be a multiple of the backbone's tubelet size "
+                          f"({backbone.tubelet_size})")
+    fingerprint = backbone.weights_fingerprint()  # of the weights as loaded, before any adapter
+    apply_adaptation(backbone, cfg.adapt)
+    head = build_head(cfg.head, backbone.embed_dim)
+    return CVSClassifier(backbone, head, base_fingerprint=fingerprint).to(device)
 
 
-def train_one_epoch(model, loader, loss_fn, optimizer, scheduler, device, cfg: RunConfig,
-                    epoch: int, progress: bool) -> tuple[float, float]:
+def dry_run(cfg: RunConfig) -> dict:
+    """Build the model without data or training: parameter accounting for `train --dry-run`."""
+    model = build_model(cfg, "cpu", allow_random=True)
+    trainable, total = count_params(model)
+    return {"name": cfg.name, "backbone": model.backbone.name, "adapt": cfg.adapt.mode,
+            "trainable_params": trainable, "total_params": total,
+            "trainable_breakdown": params_breakdown(model),
+            "trainable_fraction": round(trainable / total, 5)}
+
+
+def build_optimizer(model: CVSClassifier, cfg: RunConfig, head_lr: float | None = None,
+                    backbone_lr: float | None = None) -> torch.optim.AdamW:
+    """AdamW, one group per part so each carries its own LR: the head, and (when it trains) the
+    backbone, one group per block for layer-wise LR decay. Biases and norms get no weight decay."""
+    head_lr = cfg.train.lr if head_lr is None else head_lr
+    backbone_lr = cfg.adapt.lr if backbone_lr is None else backbone_lr
+    wd = cfg.train.weight_decay
+    head = [p for p in model.head.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in head if p.ndim > 1], "lr": head_lr, "weight_decay": wd, "name": "head"},
+              {"params": [p for p in head if p.ndim <= 1], "lr": head_lr, "weight_decay": 0.0,
+               "name": "head.no_decay"}]
+    if model.backbone is not None and not model.backbone_frozen:
+        groups += backbone_param_groups(model.backbone, backbone_lr, cfg.adapt.llrd, wd)
+    groups = [g for g in groups if g["params"]]
+    for g in groups:
+        g["base_lr"] = g["lr"]
+    return torch.optim.AdamW(groups)
+
+
+def train_one_epoch(model, loader, loss_fn, optimizer, scheduler, device, cfg: RunConfig, grad_accum: int,
+                    epoch: int, mix_gen: torch.Generator, progress: bool) -> tuple[float, float]:
     """Returns (mean train loss, train mAP over the epoch's own predictions)."""
     model.train()
-    if model.backbone is not None and model.backbone_frozen:
-        model.backbone.eval()  # frozen means eval(): no dropout / drop-path noise in the features
-    accum = cfg.train.grad_accum
-    loss_sum, n, probs, labels = 0.0, 0, [], []
+    loss_sum, n, probs, labels, micro = 0.0, 0, [], [], 0
     optimizer.zero_grad(set_to_none=True)
     bar = tqdm(loader, desc=f"epoch {epoch}", leave=False, disable=not progress, unit="batch")
-    micro = 0
     for batch in bar:
-        if batch is None:
+        if batch is None:  # every sample of the batch was skipped (on_bad_sample=skip)
             continue
         batch = move_batch(batch, device)
+        batch = mix_batch(batch, cfg.train.mixup_alpha, cfg.train.cutmix_alpha, cfg.train.mix_prob, mix_gen)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
             logits = model(batch).float()
         loss = loss_fn(logits, batch["target"])
         if not torch.isfinite(loss):
             raise FloatingPointError(f"non-finite loss {loss.item()} at epoch {epoch}, batch of samples "
                                      f"{list(batch['sample_id'])[:8]}")
-        (loss / accum).backward()
+        (loss / grad_accum).backward()
         micro += 1
-        if micro % accum == 0:
+        if micro % grad_accum == 0:
             _optimizer_step(model, optimizer, scheduler, cfg.train.grad_clip)
         loss_sum += loss.item() * len(logits)
         n += len(logits)
         probs.append(torch.sigmoid(logits.detach()).cpu())
         labels.append(batch["label"].cpu())
         bar.set_postfix(loss=f"{loss_sum / n:.4f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}")
-    if micro % accum != 0:  # a partial accumulation at the end of the epoch still counts
+    if micro % grad_accum != 0:  # a partial accumulation at the end of the epoch still counts
         _optimizer_step(model, optimizer, scheduler, cfg.train.grad_clip)
     if n == 0:
         raise RuntimeError("the training loader produced no sample (every batch skipped?)")
-    train_map = cvs_average_precision(torch.cat(probs), torch.cat(labels)).map
-    return loss_sum / n, train_map
+    return loss_sum / n, cvs_average_precision(torch.cat(probs), torch.cat(labels)).map
 
 
 def _optimizer_step(model, optimizer, scheduler, grad_clip: float) -> None:
@@ -123,17 +180,15 @@ def _optimizer_step(model, optimizer, scheduler, grad_clip: float) -> None:
     optimizer.zero_grad(set_to_none=True)
 
 
-def _git_hash() -> str | None:
-    try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                             cwd=Path(__file__).parent, timeout=5)
-        return out.stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        return None
+def load_data(cfg: RunConfig, crop: int, roles=("train", "val", "test")) -> dict:
+    """JPEG clips, or stored tokens when ``features.store`` is set (same batch keys but ``tokens``)."""
+    if cfg.features.store:
+        from ..features.dataset import open_store_splits
 
+        return open_store_splits(cfg, roles=roles)
+    from ..data.loaders import build_splits
 
-def _finite_or_neg_inf(x: float) -> float:
-    return x if not math.isnan(x) else -math.inf
+    return build_splits(cfg, crop=crop, roles=roles)
 
 
 def train(cfg: RunConfig, progress: bool = True) -> TrainResult:
@@ -142,14 +197,8 @@ def train(cfg: RunConfig, progress: bool = True) -> TrainResult:
         raise ConfigError("data.root is not set: pass data.root=/path/to/endoscapes (or a `cvsjepa synth` folder)")
     seed_everything(cfg.seed)
     device = resolve_device(cfg.train.device)
-
-    backbone = build_backbone(cfg.backbone, device=device).freeze()
-    if cfg.data.frames % backbone.tubelet_size:
-        raise ConfigError(f"data.frames={cfg.data.frames} must be a multiple of the backbone's tubelet size "
-                          f"({backbone.tubelet_size})")
-    head = build_head(cfg.head, backbone.embed_dim)
-    model = CVSClassifier(backbone, head).to(device)
-    splits = build_splits(cfg, crop=backbone.crop_size)
+    model = build_model(cfg, device)
+    splits = load_data(cfg, model.backbone.crop_size)
     if "train" not in splits or "val" not in splits:
         raise ConfigError("training needs data.train_split and data.val_split")
 
@@ -164,97 +213,152 @@ def train(cfg: RunConfig, progress: bool = True) -> TrainResult:
         file_log.close()
 
 
+def _stage_plans(cfg: RunConfig) -> list[StagePlan]:
+    t, s2 = cfg.train, cfg.stage2
+    plans = [StagePlan(1, t.epochs, t.patience, t.batch_size, t.grad_accum, t.lr, cfg.adapt.lr, t.warmup_epochs)]
+    if s2.enabled:
+        plans.append(StagePlan(2, s2.epochs, s2.patience, s2.batch_size, s2.grad_accum, s2.lr, s2.backbone_lr, 0.0))
+    return plans
+
+
 def _fit(cfg, model, splits, run_dir, device, t0, progress) -> TrainResult:
     trainable, total = count_params(model)
     log.info("run directory: %s", run_dir)
-    log.info("backbone: %s | head: %s | trainable %s / total %s params", model.backbone.name, cfg.head.type,
-             f"{trainable:,}", f"{total:,}")
+    log.info("backbone: %s (%s) | head: %s | trainable %s / total %s params %s", model.backbone.name,
+             cfg.adapt.mode, cfg.head.type, f"{trainable:,}", f"{total:,}", params_breakdown(model))
     for role, sd in splits.items():
         log.info("%s: %d keyframe clips from %d videos, positive rate %s", role, len(sd.index.samples),
                  len(sd.index.video_frames), [round(p, 3) for p in _label_rates(sd)])
-
-    gen = torch.Generator().manual_seed(cfg.seed)
-    train_loader = splits["train"].loader(cfg.train.batch_size, True, cfg.data.num_workers, gen)
-    val_loader = splits["val"].loader(cfg.train.batch_size, False, cfg.data.num_workers)
-    loss_fn = build_loss(cfg.loss)
-    optimizer = build_optimizer(model, cfg)
-    steps_per_epoch = math.ceil(len(train_loader) / cfg.train.grad_accum)
-    total_steps = steps_per_epoch * cfg.train.epochs
-    warmup_steps = round(cfg.train.warmup_epochs * steps_per_epoch)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: warmup_cosine(s, total_steps, warmup_steps, cfg.train.min_lr_ratio))
-
-    rows, best_map, best_epoch, bad_epochs = [], -math.inf, None, 0
     best_dir = run_dir / "checkpoints" / "best"
-    for epoch in range(1, cfg.train.epochs + 1):
-        te = time.time()
-        lrs = {g["name"]: g["lr"] for g in optimizer.param_groups}
-        train_loss, train_map = train_one_epoch(model, train_loader, loss_fn, optimizer, scheduler, device,
-                                                cfg, epoch, progress)
-        val = predict_loader(model, val_loader, device, loss_fn, desc="val", progress=progress)
-        val_ap = val.ap()
-        row = {"epoch": epoch, "stage": 1, "train_loss": train_loss, "train_map": train_map,
-               "val_loss": val.loss, "val_map": val_ap.map, "lr_head": lrs.get("head"),
-               "lr_backbone": lrs.get("backbone"), "seconds": time.time() - te,
-               **{f"val_ap_{c}": a for c, a in zip(("C1", "C2", "C3"), val_ap.ap)}}
-        rows.append(row)
-        write_metrics(run_dir, rows)
-        improved = _finite_or_neg_inf(val_ap.map) > best_map
-        if improved:
-            best_map, best_epoch, bad_epochs = val_ap.map, epoch, 0
-            save_classifier(best_dir, model, cfg, extra={"epoch": epoch, "val_map": val_ap.map})
-        else:
-            bad_epochs += 1
-        _save_last(run_dir, model, optimizer, scheduler, epoch, best_map, best_epoch, bad_epochs, cfg)
-        log.info("epoch %d: train loss %.4f mAP %.4f | val loss %.4f mAP %.4f AP %s%s", epoch, train_loss,
-                 train_map, val.loss, val_ap.map, [round(a, 4) for a in val_ap.ap], "  *best*" if improved else "")
-        if cfg.train.patience and bad_epochs >= cfg.train.patience:
-            log.info("early stop: val mAP has not improved for %d epochs (best %.4f at epoch %s)",
-                     bad_epochs, best_map, best_epoch)
-            break
+    state = Progress()
+    for plan in _stage_plans(cfg):
+        if plan.stage == 2:
+            _enter_stage2(cfg, model, run_dir, state)
+        _run_stage(cfg, plan, model, splits, run_dir, device, state, progress)
 
-    summary = _finish(cfg, model, splits, run_dir, device, rows, best_epoch, progress)
+    summary = _finish(cfg, model, splits, run_dir, device, state, progress)
     summary["seconds"] = round(time.time() - t0, 1)
     atomic_write_json(run_dir / "summary.json", summary)
+    log.info("best val mAP %.4f (stage %s, epoch %s); run directory %s", state.best_map, state.best_stage,
+             state.best_epoch, run_dir)
     return TrainResult(run_dir, summary)
 
 
-def _label_rates(sd) -> list[float]:
-    return prevalence(torch.tensor([s.label for s in sd.index.samples], dtype=torch.float32))
+def _enter_stage2(cfg: RunConfig, model: CVSClassifier, run_dir: Path, state: Progress) -> None:
+    """Stage 2 starts from stage 1's best weights, then opens the backbone (exp9)."""
+    best_dir = run_dir / "checkpoints" / "best"
+    restore_weights(model, best_dir)
+    shutil.copytree(best_dir, run_dir / "checkpoints" / "stage1_best", dirs_exist_ok=True)
+    apply_adaptation(model.backbone, cfg.adapt, mode=cfg.stage2.mode, unfreeze_last=cfg.stage2.unfreeze_last)
+    model.to(next(model.head.parameters()).device)
+    # re-save stage 1's best in stage 2's structure, so `best` always loads into the final model
+    save_classifier(best_dir, model, cfg, extra={"epoch": state.best_epoch, "stage": 1, "val_map": state.best_map})
+    state.bad_epochs = 0
+    log.info("stage 2: %s (last %d block(s)), backbone lr %.1e, head lr %.1e, from stage 1's best (epoch %s)",
+             cfg.stage2.mode, cfg.stage2.unfreeze_last, cfg.stage2.backbone_lr, cfg.stage2.lr, state.best_epoch)
 
 
-def _save_last(run_dir, model, optimizer, scheduler, epoch, best_map, best_epoch, bad_epochs, cfg) -> None:
-    from ..io import atomic_save_safetensors
+def _run_stage(cfg, plan: StagePlan, model, splits, run_dir, device, state: Progress, progress) -> None:
+    gen = torch.Generator().manual_seed(cfg.seed + 1000 * (plan.stage - 1))
+    mix_gen = torch.Generator().manual_seed(cfg.seed + 7)
+    train_split = splits["train"]
+    sampler = build_sampler(cfg.train.sampler, _labels(train_split), gen)
+    train_loader = train_split.loader(plan.batch_size, sampler is None, cfg.data.num_workers, gen, sampler=sampler)
+    val_loader = splits["val"].loader(plan.batch_size, False, cfg.data.num_workers)
+    loss_fn = build_loss(cfg.loss).to(device)
+    optimizer = build_optimizer(model, cfg, plan.head_lr, plan.backbone_lr)
+    steps_per_epoch = math.ceil(len(train_loader) / plan.grad_accum)
+    total_steps = steps_per_epoch * plan.epochs
+    warmup_steps = round(plan.warmup_epochs * steps_per_epoch)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: warmup_cosine(s, total_steps, warmup_steps, cfg.train.min_lr_ratio))
+    best_dir = run_dir / "checkpoints" / "best"
+    state.stage_best.setdefault(plan.stage, -math.inf)
+    for _ in range(plan.epochs):
+        epoch = len(state.rows) + 1
+        te = time.time()
+        lrs = _group_lrs(optimizer)
+        train_loss, train_map = train_one_epoch(model, train_loader, loss_fn, optimizer, scheduler, device, cfg,
+                                                plan.grad_accum, epoch, mix_gen, progress)
+        val = predict_loader(model, val_loader, device, loss_fn, desc="val", progress=progress)
+        val_ap = val.ap()
+        state.rows.append({"epoch": epoch, "stage": plan.stage, "train_loss": train_loss, "train_map": train_map,
+                           "val_loss": val.loss, "val_map": val_ap.map, "seconds": time.time() - te, **lrs,
+                           **{f"val_ap_{c}": a for c, a in zip(CRITERIA, val_ap.ap)}})
+        write_metrics(run_dir, state.rows)
+        score = val_ap.map if not math.isnan(val_ap.map) else -math.inf
+        state.stage_best[plan.stage] = max(state.stage_best[plan.stage], score)
+        improved = score > state.best_map
+        if improved:
+            state.best_map, state.best_epoch, state.best_stage, state.bad_epochs = score, epoch, plan.stage, 0
+            save_classifier(best_dir, model, cfg, extra={"epoch": epoch, "stage": plan.stage, "val_map": score})
+        else:
+            state.bad_epochs += 1
+        _save_last(run_dir, model, optimizer, scheduler, epoch, plan.stage, state, cfg)
+        log.info("epoch %d (stage %d): train loss %.4f mAP %.4f | val loss %.4f mAP %.4f AP %s%s", epoch,
+                 plan.stage, train_loss, train_map, val.loss, val_ap.map, [round(a, 4) for a in val_ap.ap],
+                 "  *best*" if improved else "")
+        if plan.patience and state.bad_epochs >= plan.patience:
+            log.info("early stop (stage %d): val mAP has not improved for %d epochs (best %.4f at epoch %s)",
+                     plan.stage, state.bad_epochs, state.best_map, state.best_epoch)
+            break
 
+
+def _group_lrs(optimizer) -> dict:
+    lrs = {g["name"]: g["lr"] for g in optimizer.param_groups}
+    backbone = [lr for name, lr in lrs.items() if name.startswith("backbone")]
+    return {"lr_head": lrs.get("head"), "lr_backbone": max(backbone) if backbone else None}
+
+
+def _labels(split) -> torch.Tensor:
+    return torch.tensor([s.label for s in split.index.samples], dtype=torch.float32)
+
+
+def _label_rates(split) -> list[float]:
+    return prevalence(_labels(split))
+
+
+def _save_last(run_dir, model, optimizer, scheduler, epoch, stage, state: Progress, cfg) -> None:
     ckpt = run_dir / "checkpoints"
     atomic_save_safetensors(ckpt / "last.safetensors", model.trainable_state_dict())
     atomic_torch_save(ckpt / "last_state.pt", {
-        "epoch": epoch, "best_map": best_map, "best_epoch": best_epoch, "bad_epochs": bad_epochs,
-        "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+        "epoch": epoch, "stage": stage, "best_map": state.best_map, "best_epoch": state.best_epoch,
+        "bad_epochs": state.bad_epochs, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
         "torch_rng": torch.get_rng_state(), "seed": cfg.seed,
     })
 
 
-def _finish(cfg, model, splits, run_dir, device, rows, best_epoch, progress) -> dict:
+def _git_hash() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                             cwd=Path(__file__).parent, timeout=5)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _finish(cfg, model, splits, run_dir, device, state: Progress, progress) -> dict:
     """Reload the best weights, score val (and test), write predictions, the plot and the summary."""
     best_dir = run_dir / "checkpoints" / "best"
-    if best_epoch is not None:
-        load_weights_strict(model, load_safetensors(best_dir / "model.safetensors"), best_dir)
+    if state.best_epoch is not None:
+        restore_weights(model, best_dir)
     trainable, total = count_params(model)
     summary = {
-        "name": cfg.name, "best_epoch": best_epoch, "epochs_run": len(rows),
-        "backbone": model.backbone.name, "backbone_random_weights": model.backbone.is_random,
-        "trainable_params": trainable, "total_params": total,
-        "params_breakdown": {"head": count_params(model.head)[0]},
+        "name": cfg.name, "best_epoch": state.best_epoch, "best_stage": state.best_stage,
+        "epochs_run": len(state.rows), "backbone": model.backbone.name,
+        "backbone_random_weights": model.backbone.is_random, "adapt": cfg.adapt.mode,
+        "trainable_params": trainable, "total_params": total, "trainable_breakdown": params_breakdown(model),
+        "lora_adapter": has_lora(model.backbone), "features_store": cfg.features.store or None,
         "cvsjepa_version": __version__, "git": _git_hash(), "torch": torch.__version__,
     }
+    if len(state.stage_best) > 1:
+        summary["stage_best_val_map"] = {str(k): v for k, v in state.stage_best.items()}
     oracle = _read_oracle(cfg)
     for role in ("val", "test"):
         if role not in splits or (role == "test" and not cfg.train.eval_test):
             continue
-        bs = cfg.train.batch_size
-        preds: Predictions = predict_loader(model, splits[role].loader(bs, False, cfg.data.num_workers), device,
-                                            desc=role, progress=progress)
+        loader = splits[role].loader(cfg.train.batch_size, False, cfg.data.num_workers)
+        preds: Predictions = predict_loader(model, loader, device, desc=role, progress=progress)
         ap = preds.ap()
         summary[f"{role}_map"] = ap.map
         summary[f"{role}_ap"] = list(ap.ap)
@@ -264,9 +368,10 @@ def _finish(cfg, model, splits, run_dir, device, rows, best_epoch, progress) -> 
         write_predictions(run_dir / f"predictions_{role}.csv", preds.sample_ids, preds.video_ids, preds.frames,
                           preds.labels, preds.rater_means, preds.probs, tuple(cfg.data.criteria))
     summary["best_val_map"] = summary.get("val_map")
-    summary["val_ap"] = summary.get("val_ap")
-    if rows:
-        plot_training_curve(run_dir, rows, best_epoch, f"{cfg.name} - {model.backbone.name}")
+    if state.rows:
+        best_row = next(r for r in state.rows if r["epoch"] == state.best_epoch) if state.best_epoch else None
+        summary["train_val_gap_at_best"] = (best_row["train_map"] - best_row["val_map"]) if best_row else None
+        plot_training_curve(run_dir, state.rows, state.best_epoch, f"{cfg.name} - {model.backbone.name}")
     return summary
 
 

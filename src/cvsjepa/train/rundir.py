@@ -93,6 +93,10 @@ def plot_training_curve(run_dir: Path, rows: list[dict], best_epoch: int | None,
     ax1.plot(epochs, [r["val_map"] for r in rows], "o-", label="val mAP")
     for c in ("C1", "C2", "C3"):
         ax1.plot(epochs, [r[f"val_ap_{c}"] for r in rows], ":", alpha=0.7, label=f"val AP {c}")
+    stage2 = [r["epoch"] for r in rows if r.get("stage") == 2]
+    if stage2:
+        for ax in (ax1, ax2):
+            ax.axvspan(stage2[0] - 0.5, stage2[-1] + 0.5, color="orange", alpha=0.08, label="stage 2")
     if best_epoch is not None:
         ax1.axvline(best_epoch, color="grey", ls="--", lw=1, label=f"best (epoch {best_epoch})")
     ax1.set_xlabel("epoch"); ax1.set_ylabel("AP"); ax1.set_ylim(0, 1); ax1.legend(fontsize=8)
