@@ -45,8 +45,21 @@ def setup_logging(verbose: bool) -> None:
     log.propagate = False
 
 
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Like ``parse_args``, but ``key=value`` overrides may also come after options
+    (``cvsjepa train CONFIG --no-progress train.epochs=2``): argparse stops at the first option."""
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        if hasattr(args, "config_and_overrides") and all("=" in e and not e.startswith("-") for e in extra):
+            args.config_and_overrides += extra
+        else:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_args(argv)
     setup_logging(args.verbose)
     try:
         return args.func(args)

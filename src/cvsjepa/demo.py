@@ -19,6 +19,7 @@ log = logging.getLogger("cvsjepa")
 # The demo's config, as overrides of the defaults (the defaults are the log's Experiment 2).
 DEMO_OVERRIDES = [
     "name=demo",
+    "description=attentive head, tiny random backbone (demo)",
     "backbone=tiny",
     "data.frames=8",
     "head.num_heads=4",

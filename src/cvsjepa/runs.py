@@ -1,0 +1,104 @@
+"""The research log's summary table, generated from run directories.
+
+One row per run: experiment, approach, trainable params, best val mAP, per-criterion val AP, test
+mAP, delta vs a baseline run, epochs to best, train-val gap at the best epoch.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+import yaml
+
+from .errors import CVSJepaError
+from .io import atomic_write_text
+
+COLUMNS = ["experiment", "approach", "trainable_params", "best_val_map", "val_ap_C1", "val_ap_C2", "val_ap_C3",
+           "test_map", "delta_vs_baseline", "epochs_to_best", "gap_at_best", "backbone"]
+
+
+def read_run(run_dir: Path) -> dict:
+    run_dir = Path(run_dir)
+    summary_path = run_dir / "summary.json"
+    if not summary_path.is_file():
+        raise CVSJepaError(f"{run_dir} is not a finished run directory (no summary.json); "
+                           f"an unfinished run can be resumed, not tabulated")
+    try:
+        s = json.loads(summary_path.read_text())
+    except json.JSONDecodeError as e:
+        raise CVSJepaError(f"{summary_path} is not valid JSON ({e})") from e
+    cfg = {}
+    if (run_dir / "config.yaml").is_file():
+        cfg = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
+    val_ap = s.get("val_ap") or [None] * 3
+    return {
+        "experiment": s.get("name") or run_dir.name,
+        "approach": cfg.get("description") or s.get("adapt", ""),
+        "trainable_params": s.get("trainable_params"),
+        "best_val_map": s.get("best_val_map"),
+        "val_ap_C1": val_ap[0], "val_ap_C2": val_ap[1], "val_ap_C3": val_ap[2],
+        "test_map": s.get("test_map"),
+        "epochs_to_best": s.get("best_epoch"),
+        "gap_at_best": s.get("train_val_gap_at_best"),
+        "backbone": s.get("backbone"),
+        "run_dir": str(run_dir),
+    }
+
+
+def runs_table(run_dirs: list[Path], baseline: str | None = None) -> list[dict]:
+    """Rows in the given order; ``baseline`` is a run directory or an experiment name (default: the first)."""
+    rows = [read_run(d) for d in run_dirs]
+    if not rows:
+        return rows
+    base = rows[0]
+    if baseline:
+        matches = [r for r in rows if r["run_dir"] == str(Path(baseline)) or r["experiment"] == baseline]
+        if not matches:
+            raise CVSJepaError(f"baseline {baseline!r} is neither one of the given run directories nor an "
+                               f"experiment name among them")
+        base = matches[0]
+    for r in rows:
+        ok = r["best_val_map"] is not None and base["best_val_map"] is not None
+        r["delta_vs_baseline"] = (r["best_val_map"] - base["best_val_map"]) if ok else None
+    return rows
+
+
+def _pct(v) -> str:
+    return "" if v is None else f"{100 * v:.2f}%"
+
+
+def format_row(r: dict) -> dict:
+    out = dict(r)
+    for k in ("best_val_map", "val_ap_C1", "val_ap_C2", "val_ap_C3", "test_map", "gap_at_best"):
+        out[k] = _pct(r[k])
+    d = r.get("delta_vs_baseline")
+    out["delta_vs_baseline"] = "" if d is None else f"{100 * d:+.2f}%"
+    p = r["trainable_params"]
+    out["trainable_params"] = "" if p is None else f"{p / 1e6:.2f}M"
+    return out
+
+
+def to_markdown(rows: list[dict]) -> str:
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    for r in rows:
+        f = format_row(r)
+        lines.append("| " + " | ".join(str(f.get(c, "")) for c in COLUMNS) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def to_csv(rows: list[dict]) -> str:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=COLUMNS + ["run_dir"], extrasaction="ignore")
+    w.writeheader()
+    w.writerows(rows)
+    return buf.getvalue()
+
+
+def write_tables(rows: list[dict], out_prefix: Path) -> tuple[Path, Path]:
+    md, cs = out_prefix.with_suffix(".md"), out_prefix.with_suffix(".csv")
+    atomic_write_text(md, to_markdown(rows))
+    atomic_write_text(cs, to_csv(rows))
+    return md, cs
