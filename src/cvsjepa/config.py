@@ -119,6 +119,7 @@ class TrainConfig:
     mixup_alpha: float = 0.0  # MixUp Beta(alpha, alpha); 0 = off (pixels in the loop, tokens from a store)
     cutmix_alpha: float = 0.0  # CutMix Beta(alpha, alpha); 0 = off
     mix_prob: float = 1.0  # probability that a batch is mixed when MixUp/CutMix is on
+    on_nonfinite: str = "error"  # error: stop naming the step, samples and last good checkpoint | skip the batch
 
 
 @dataclass
@@ -146,6 +147,7 @@ class RunConfig:
     description: str = ""
     seed: int = 0
     out: str = ""  # run directory; empty = runs/<name>-<timestamp>
+    resume: bool = False  # continue the run in `out` from its last complete epoch (same config required)
     data: DataConfig = field(default_factory=DataConfig)
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     head: HeadConfig = field(default_factory=HeadConfig)
@@ -170,6 +172,7 @@ _CHOICES = {
     "adapt.mode": ("frozen", "unfreeze", "lora"),
     "stage2.mode": ("unfreeze", "lora"),
     "train.sampler": ("random", "balanced"),
+    "train.on_nonfinite": ("error", "skip"),
     "features.dtype": ("float16", "bfloat16", "float32"),
     "features.pool": ("none", "avg2x2"),
 }
@@ -328,6 +331,8 @@ def validate(cfg: RunConfig) -> None:
                           f"adapt.mode=frozen (got {cfg.adapt.mode}); drop features.store to train through it")
     if cfg.features.store and cfg.stage2.enabled:
         raise ConfigError("stage2 fine-tunes the backbone, so it cannot read a feature store; drop features.store")
+    if cfg.resume and not cfg.out:
+        raise ConfigError("resume=true needs out=<the run directory to continue>")
     if len(cfg.data.criteria) != 3:
         raise ConfigError(f"data.criteria must name the 3 CVS criteria, got {cfg.data.criteria}")
 

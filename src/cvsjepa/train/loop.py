@@ -14,11 +14,14 @@ Checkpoints are chosen on val only; the test split is scored once, at the end, o
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
+import os
 import random
 import shutil
+import signal
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -31,17 +34,17 @@ from tqdm.auto import tqdm
 from .. import __version__
 from ..adapt import apply_adaptation, backbone_param_groups, has_lora, params_breakdown
 from ..backbones import build_backbone
-from ..checkpoint import restore_weights, save_classifier
+from ..checkpoint import load_weights_strict, restore_weights, save_classifier
 from ..config import RunConfig
 from ..errors import ConfigError
 from ..evaluate.inference import Predictions, move_batch, predict_loader
 from ..evaluate.metrics import cvs_average_precision, prevalence
 from ..heads import build_head
-from ..io import atomic_save_safetensors, atomic_torch_save, atomic_write_json
+from ..io import atomic_save_safetensors, atomic_torch_save, atomic_write_json, load_safetensors, safe_torch_load
 from ..model import CVSClassifier, count_params
 from .losses import build_loss
 from .mixing import mix_batch
-from .rundir import create_run_dir, plot_training_curve, write_metrics, write_predictions
+from .rundir import create_run_dir, open_run_dir_for_resume, plot_training_curve, write_metrics, write_predictions
 from .sampling import build_sampler
 from .schedule import warmup_cosine
 
@@ -138,10 +141,46 @@ def build_optimizer(model: CVSClassifier, cfg: RunConfig, head_lr: float | None 
     return torch.optim.AdamW(groups)
 
 
+class NonFiniteGuard:
+    """A NaN/inf loss stops the run, naming the step, the samples and the last good checkpoint, or
+    (``train.on_nonfinite=skip``) drops that batch's gradients and counts it. Never trains on."""
+
+    def __init__(self, policy: str, last_good: Path):
+        self.policy, self.last_good, self.skipped = policy, last_good, 0
+
+    def check(self, loss: torch.Tensor, epoch: int, step: int, batch: dict) -> bool:
+        """True if the batch can be used."""
+        if torch.isfinite(loss):
+            return True
+        ids = list(batch["sample_id"])
+        if self.policy == "skip":
+            self.skipped += 1
+            log.warning("non-finite loss (%s) at epoch %d step %d: batch skipped (samples %s); %d skipped so far",
+                        loss.item(), epoch, step, ids[:8], self.skipped)
+            return False
+        good = self.last_good if (self.last_good / "model.safetensors").is_file() else "none yet"
+        raise FloatingPointError(f"non-finite loss ({loss.item()}) at epoch {epoch}, step {step}, samples "
+                                 f"{ids[:8]}{' ...' if len(ids) > 8 else ''}; last good checkpoint: {good}. "
+                                 f"Lower the learning rate, or set train.on_nonfinite=skip")
+
+
+_FAULT_KILL_AFTER = int(os.environ.get("CVSJEPA_FAULT_KILL_AFTER_STEPS", "0"))  # test hook: SIGKILL self
+_steps_taken = 0
+
+
+def _fault_hook() -> None:
+    global _steps_taken
+    _steps_taken += 1
+    if _FAULT_KILL_AFTER and _steps_taken >= _FAULT_KILL_AFTER:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 def train_one_epoch(model, loader, loss_fn, optimizer, scheduler, device, cfg: RunConfig, grad_accum: int,
-                    epoch: int, mix_gen: torch.Generator, progress: bool) -> tuple[float, float]:
+                    epoch: int, mix_gen: torch.Generator, progress: bool,
+                    guard: NonFiniteGuard | None = None) -> tuple[float, float]:
     """Returns (mean train loss, train mAP over the epoch's own predictions)."""
     model.train()
+    guard = guard or NonFiniteGuard("error", Path("<none>"))
     loss_sum, n, probs, labels, micro = 0.0, 0, [], [], 0
     optimizer.zero_grad(set_to_none=True)
     bar = tqdm(loader, desc=f"epoch {epoch}", leave=False, disable=not progress, unit="batch")
@@ -153,13 +192,13 @@ def train_one_epoch(model, loader, loss_fn, optimizer, scheduler, device, cfg: R
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
             logits = model(batch).float()
         loss = loss_fn(logits, batch["target"])
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"non-finite loss {loss.item()} at epoch {epoch}, batch of samples "
-                                     f"{list(batch['sample_id'])[:8]}")
+        if not guard.check(loss, epoch, micro + 1, batch):
+            continue
         (loss / grad_accum).backward()
         micro += 1
         if micro % grad_accum == 0:
             _optimizer_step(model, optimizer, scheduler, cfg.train.grad_clip)
+            _fault_hook()
         loss_sum += loss.item() * len(logits)
         n += len(logits)
         probs.append(torch.sigmoid(logits.detach()).cpu())
@@ -202,12 +241,25 @@ def train(cfg: RunConfig, progress: bool = True) -> TrainResult:
     if "train" not in splits or "val" not in splits:
         raise ConfigError("training needs data.train_split and data.val_split")
 
-    run_dir = create_run_dir(cfg)
+    resume = None
+    if cfg.resume:
+        run_dir = open_run_dir_for_resume(cfg)
+        if (run_dir / "summary.json").is_file():
+            log.info("%s already finished; nothing to resume", run_dir)
+            return TrainResult(run_dir, json.loads((run_dir / "summary.json").read_text()))
+        resume = safe_torch_load(run_dir / "checkpoints" / "last_state.pt")
+        if resume.get("stage") == 2:  # the weights were saved in stage 2's structure
+            apply_adaptation(model.backbone, cfg.adapt, mode=cfg.stage2.mode, unfreeze_last=cfg.stage2.unfreeze_last)
+            model.to(device)
+        load_weights_strict(model, load_safetensors(run_dir / "checkpoints" / "last.safetensors"),
+                            run_dir / "checkpoints" / "last.safetensors")
+    else:
+        run_dir = create_run_dir(cfg)
     file_log = logging.FileHandler(run_dir / "train.log")
     file_log.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     log.addHandler(file_log)
     try:
-        return _fit(cfg, model, splits, run_dir, device, t0, progress)
+        return _fit(cfg, model, splits, run_dir, device, t0, progress, resume)
     finally:
         log.removeHandler(file_log)
         file_log.close()
@@ -221,7 +273,7 @@ def _stage_plans(cfg: RunConfig) -> list[StagePlan]:
     return plans
 
 
-def _fit(cfg, model, splits, run_dir, device, t0, progress) -> TrainResult:
+def _fit(cfg, model, splits, run_dir, device, t0, progress, resume: dict | None = None) -> TrainResult:
     trainable, total = count_params(model)
     log.info("run directory: %s", run_dir)
     log.info("backbone: %s (%s) | head: %s | trainable %s / total %s params %s", model.backbone.name,
@@ -229,12 +281,17 @@ def _fit(cfg, model, splits, run_dir, device, t0, progress) -> TrainResult:
     for role, sd in splits.items():
         log.info("%s: %d keyframe clips from %d videos, positive rate %s", role, len(sd.index.samples),
                  len(sd.index.video_frames), [round(p, 3) for p in _label_rates(sd)])
-    best_dir = run_dir / "checkpoints" / "best"
-    state = Progress()
+    state = Progress(**resume["progress"]) if resume else Progress()
+    if resume:
+        log.info("resuming %s after epoch %d (stage %d)", run_dir, resume["epoch"], resume["stage"])
     for plan in _stage_plans(cfg):
-        if plan.stage == 2:
+        if resume and (plan.stage < resume["stage"] or (plan.stage == resume["stage"] and resume["stage_done"])):
+            continue  # finished before the interruption
+        if plan.stage == 2 and not (resume and resume["stage"] == 2):
             _enter_stage2(cfg, model, run_dir, state)
-        _run_stage(cfg, plan, model, splits, run_dir, device, state, progress)
+        stage_resume = resume if resume and resume["stage"] == plan.stage else None
+        _run_stage(cfg, plan, model, splits, run_dir, device, state, progress, stage_resume)
+        resume = None
 
     summary = _finish(cfg, model, splits, run_dir, device, state, progress)
     summary["seconds"] = round(time.time() - t0, 1)
@@ -258,7 +315,8 @@ def _enter_stage2(cfg: RunConfig, model: CVSClassifier, run_dir: Path, state: Pr
              cfg.stage2.mode, cfg.stage2.unfreeze_last, cfg.stage2.backbone_lr, cfg.stage2.lr, state.best_epoch)
 
 
-def _run_stage(cfg, plan: StagePlan, model, splits, run_dir, device, state: Progress, progress) -> None:
+def _run_stage(cfg, plan: StagePlan, model, splits, run_dir, device, state: Progress, progress,
+               resume: dict | None = None) -> None:
     gen = torch.Generator().manual_seed(cfg.seed + 1000 * (plan.stage - 1))
     mix_gen = torch.Generator().manual_seed(cfg.seed + 7)
     train_split = splits["train"]
@@ -272,14 +330,23 @@ def _run_stage(cfg, plan: StagePlan, model, splits, run_dir, device, state: Prog
     warmup_steps = round(plan.warmup_epochs * steps_per_epoch)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: warmup_cosine(s, total_steps, warmup_steps, cfg.train.min_lr_ratio))
+    done = 0
+    if resume:  # continue exactly where the interrupted process stopped
+        optimizer.load_state_dict(resume["optimizer"])
+        scheduler.load_state_dict(resume["scheduler"])
+        gen.set_state(resume["sampler_rng"])
+        mix_gen.set_state(resume["mix_rng"])
+        torch.set_rng_state(resume["torch_rng"])
+        done = resume["stage_epochs_done"]
     best_dir = run_dir / "checkpoints" / "best"
     state.stage_best.setdefault(plan.stage, -math.inf)
-    for _ in range(plan.epochs):
+    guard = NonFiniteGuard(cfg.train.on_nonfinite, best_dir)
+    for stage_epoch in range(done + 1, plan.epochs + 1):
         epoch = len(state.rows) + 1
         te = time.time()
         lrs = _group_lrs(optimizer)
         train_loss, train_map = train_one_epoch(model, train_loader, loss_fn, optimizer, scheduler, device, cfg,
-                                                plan.grad_accum, epoch, mix_gen, progress)
+                                                plan.grad_accum, epoch, mix_gen, progress, guard)
         val = predict_loader(model, val_loader, device, loss_fn, desc="val", progress=progress)
         val_ap = val.ap()
         state.rows.append({"epoch": epoch, "stage": plan.stage, "train_loss": train_loss, "train_map": train_map,
@@ -294,11 +361,15 @@ def _run_stage(cfg, plan: StagePlan, model, splits, run_dir, device, state: Prog
             save_classifier(best_dir, model, cfg, extra={"epoch": epoch, "stage": plan.stage, "val_map": score})
         else:
             state.bad_epochs += 1
-        _save_last(run_dir, model, optimizer, scheduler, epoch, plan.stage, state, cfg)
+        stop = bool(plan.patience and state.bad_epochs >= plan.patience)
+        _save_last(run_dir, model, optimizer, scheduler, state, {
+            "epoch": epoch, "stage": plan.stage, "stage_epochs_done": stage_epoch,
+            "stage_done": stop or stage_epoch == plan.epochs,
+            "sampler_rng": gen.get_state(), "mix_rng": mix_gen.get_state(), "torch_rng": torch.get_rng_state()})
         log.info("epoch %d (stage %d): train loss %.4f mAP %.4f | val loss %.4f mAP %.4f AP %s%s", epoch,
                  plan.stage, train_loss, train_map, val.loss, val_ap.map, [round(a, 4) for a in val_ap.ap],
                  "  *best*" if improved else "")
-        if plan.patience and state.bad_epochs >= plan.patience:
+        if stop:
             log.info("early stop (stage %d): val mAP has not improved for %d epochs (best %.4f at epoch %s)",
                      plan.stage, state.bad_epochs, state.best_map, state.best_epoch)
             break
@@ -318,13 +389,14 @@ def _label_rates(split) -> list[float]:
     return prevalence(_labels(split))
 
 
-def _save_last(run_dir, model, optimizer, scheduler, epoch, stage, state: Progress, cfg) -> None:
+def _save_last(run_dir, model, optimizer, scheduler, state: Progress, position: dict) -> None:
+    """Everything a resumed process needs to continue as if never stopped. The weights go first; the
+    state file, written last, is what marks the epoch complete."""
     ckpt = run_dir / "checkpoints"
     atomic_save_safetensors(ckpt / "last.safetensors", model.trainable_state_dict())
     atomic_torch_save(ckpt / "last_state.pt", {
-        "epoch": epoch, "stage": stage, "best_map": state.best_map, "best_epoch": state.best_epoch,
-        "bad_epochs": state.bad_epochs, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-        "torch_rng": torch.get_rng_state(), "seed": cfg.seed,
+        "version": 1, **position, "progress": dataclasses.asdict(state),
+        "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
     })
 
 

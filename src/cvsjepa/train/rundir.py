@@ -24,6 +24,39 @@ METRIC_COLUMNS = ["epoch", "stage", "train_loss", "train_map", "val_loss", "val_
                   "val_ap_C1", "val_ap_C2", "val_ap_C3", "lr_head", "lr_backbone", "seconds"]
 
 
+def open_run_dir_for_resume(cfg: RunConfig) -> Path:
+    """The existing run directory of ``cfg.out``, after checking it was made with the same config."""
+    from ..config import from_dict, to_dict
+    import yaml
+
+    out = Path(cfg.out)
+    saved_path = out / "config.yaml"
+    if not saved_path.is_file():
+        raise ConfigError(f"cannot resume: {saved_path} does not exist (is {out} a run directory?)")
+    if not (out / "checkpoints" / "last_state.pt").is_file():
+        raise ConfigError(f"cannot resume: {out} has no complete epoch yet (checkpoints/last_state.pt is "
+                          f"missing); start it again without resume=true after removing {out}")
+    saved = to_dict(from_dict(yaml.safe_load(saved_path.read_text()), where=str(saved_path)))
+    now = to_dict(cfg)
+    saved["resume"] = now["resume"] = False
+    diffs = _diff(saved, now)
+    if diffs:
+        raise ConfigError(f"cannot resume {out}: the config differs from the one it was started with "
+                          f"({'; '.join(diffs[:5])}); resume with the saved config: cvsjepa train --resume {out}")
+    return out
+
+
+def _diff(a: dict, b: dict, prefix: str = "") -> list[str]:
+    out = []
+    for k in sorted(set(a) | set(b)):
+        va, vb = a.get(k), b.get(k)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            out += _diff(va, vb, f"{prefix}{k}.")
+        elif va != vb:
+            out.append(f"{prefix}{k}: {va!r} -> {vb!r}")
+    return out
+
+
 def create_run_dir(cfg: RunConfig) -> Path:
     out = Path(cfg.out) if cfg.out else Path("runs") / f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     if out.exists() and any(out.iterdir()):
