@@ -1,0 +1,124 @@
+"""`cvsjepa check-data ROOT`: validate a dataset before a long run.
+
+Every keyframe's clip frames exist and decode, labels are valid rater means, splits share no
+video, symlinked folders are real links, masks have the right size and values, and, when the
+root is the full Endoscapes2023, the counts per split match the published ones.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from ..errors import DataError
+from .endoscapes import SplitIndex, label_prevalence, load_split
+from .frames import looks_like_link_placeholder, read_frame
+from .masks import read_semseg
+
+# Endoscapes2023 as published (reference/endoscapes2023.md): videos, 1 fps frames, CVS keyframes.
+PUBLISHED = {"train": (120, 36694, 6960), "val": (41, 12372, 2331), "test": (40, 9747, 1799)}
+LINK_FOLDERS = ("train_seg", "val_seg", "test_seg", "12_5", "25", "all")
+
+
+@dataclass
+class CheckReport:
+    rows: list[dict] = field(default_factory=list)
+    problems: list[tuple[str, str]] = field(default_factory=list)  # (file or item, what is wrong)
+    frames_decoded: int = 0
+    masks_checked: int = 0
+
+    @property
+    def usable(self) -> bool:
+        return not self.problems
+
+
+def check_dataset(root: Path, splits=("train", "val", "test"), frames: int = 16, stride: int = 1,
+                  decode: bool = True, progress: bool = True) -> CheckReport:
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"dataset root {root} does not exist or is not a folder")
+    report = CheckReport()
+    indices: dict[str, SplitIndex] = {}
+    for split in splits:
+        try:
+            idx = load_split(root, split, frames=frames, stride=stride, on_bad_sample="skip")
+        except DataError as e:
+            report.problems.append((f"{root / split}", str(e)))
+            continue
+        indices[split] = idx
+        report.problems += idx.skipped
+    _check_video_overlap(indices, report)
+    if decode:
+        _decode_frames(indices, report, progress)
+    _check_links(root, report)
+    _check_masks(root, report, progress)
+    for split, idx in indices.items():
+        n_frames = sum(len(v) for v in idx.video_frames.values())
+        rates = label_prevalence(idx.samples) if idx.samples else [float("nan")] * 3
+        report.rows.append({"split": split, "videos": len(idx.video_frames), "frames_1fps": n_frames,
+                            "keyframes": len(idx.samples), "pos_C1": rates[0], "pos_C2": rates[1],
+                            "pos_C3": rates[2], "skipped": len(idx.skipped)})
+    _check_published_counts(report)
+    return report
+
+
+def _check_video_overlap(indices: dict[str, SplitIndex], report: CheckReport) -> None:
+    names = list(indices)
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            shared = sorted(set(indices[a].video_frames) & set(indices[b].video_frames))
+            if shared:
+                report.problems.append((f"splits {a} and {b}", f"share video(s) {shared[:10]}: splits must be by video"))
+
+
+def _decode_frames(indices: dict[str, SplitIndex], report: CheckReport, progress: bool) -> None:
+    paths = sorted({p for idx in indices.values() for s in idx.samples for p in s.clip_paths})
+    for path in tqdm(paths, desc="decoding clip frames", unit="frame", disable=not progress):
+        try:
+            read_frame(path)
+        except DataError as e:
+            report.problems.append((str(path), str(e)))
+    report.frames_decoded = len(paths)
+
+
+def _check_links(root: Path, report: CheckReport) -> None:
+    for name in LINK_FOLDERS:
+        folder = root / name
+        if not folder.exists() and not folder.is_symlink():
+            continue
+        if folder.is_file():
+            why = ("is a symbolic link that arrived as a plain file" if looks_like_link_placeholder(folder)
+                   else "should be a folder")
+            report.problems.append((str(folder), f"{why}; re-extract the archive on a file system that keeps links"))
+            continue
+        for entry in sorted(folder.rglob("*.jpg")):
+            if entry.is_symlink() and not entry.exists():
+                report.problems.append((str(entry), f"broken symbolic link (points to {entry.readlink()})"))
+            elif not entry.is_symlink() and looks_like_link_placeholder(entry):
+                report.problems.append((str(entry), "a symbolic link that arrived as a plain file; re-extract "
+                                                    "the archive on a file system that keeps links"))
+
+
+def _check_masks(root: Path, report: CheckReport, progress: bool) -> None:
+    masks = sorted((root / "semseg").glob("*.png")) if (root / "semseg").is_dir() else []
+    for path in tqdm(masks, desc="checking masks", unit="mask", disable=not progress):
+        try:
+            read_semseg(path)
+        except DataError as e:
+            report.problems.append((str(path), str(e)))
+    report.masks_checked = len(masks)
+
+
+def _check_published_counts(report: CheckReport) -> None:
+    """Only for the full release (201 videos); subsets and synthetic data are not compared."""
+    rows = {r["split"]: r for r in report.rows}
+    if sum(r["videos"] for r in rows.values()) != 201:
+        return
+    for split, (videos, frames, keyframes) in PUBLISHED.items():
+        r = rows.get(split)
+        if r and (r["videos"], r["frames_1fps"], r["keyframes"]) != (videos, frames, keyframes):
+            report.problems.append((split, f"has {r['videos']} videos / {r['frames_1fps']} frames / {r['keyframes']} "
+                                           f"keyframes; the published Endoscapes2023 has {videos} / {frames} / "
+                                           f"{keyframes}"))
