@@ -20,7 +20,7 @@ from .config import RunConfig, from_dict, to_dict
 from .errors import CheckpointError
 from .heads import build_head
 from .io import atomic_save_safetensors, atomic_write_json, load_safetensors
-from .model import CVSClassifier
+from .model import CVSClassifier, build_seg_head
 
 FORMAT = "cvsjepa-classifier"
 FORMAT_VERSION = 1
@@ -136,7 +136,7 @@ def load_classifier(ckpt_dir: Path, device: torch.device | str = "cpu") -> tuple
         backbone.model = PeftModel.from_pretrained(backbone.model, str(adapter_dir), is_trainable=False)
         backbone.freeze()
     head = build_head(cfg.head, backbone.embed_dim)
-    model = CVSClassifier(backbone, head, base_fingerprint=fp).to(device)
+    model = CVSClassifier(backbone, head, base_fingerprint=fp, seg_head=build_seg_head(cfg, backbone)).to(device)
     load_weights_strict(model, load_safetensors(ckpt_dir / "model.safetensors"), ckpt_dir / "model.safetensors",
                         include_lora=False)
     model.eval()

@@ -141,6 +141,17 @@ class SweepConfig:
 
 
 @dataclass
+class SegConfig:
+    """Multi-task segmentation (exp8): a light decoder on the keyframe's patch tokens."""
+    enabled: bool = False
+    weight: float = 0.5  # total loss = CVS loss + weight * segmentation cross-entropy
+    # mask class ids kept, in order (others -> background, 255 stays ignore). The log's 5 classes:
+    # background, cystic_plate, calot_triangle, cystic_artery, cystic_duct; all 7: [0, 1, 2, 3, 4, 5, 6]
+    classes: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4])
+    decoder_dim: int = 256
+
+
+@dataclass
 class RunConfig:
     version: int = CONFIG_VERSION
     name: str = "run"
@@ -157,6 +168,7 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     features: FeaturesConfig = field(default_factory=FeaturesConfig)
     sweep: SweepConfig = field(default_factory=SweepConfig)
+    seg: SegConfig = field(default_factory=SegConfig)
 
 
 # Group keys that accept a bare string as shorthand: `backbone=tiny` means `backbone.preset=tiny`.
@@ -331,6 +343,13 @@ def validate(cfg: RunConfig) -> None:
                           f"adapt.mode=frozen (got {cfg.adapt.mode}); drop features.store to train through it")
     if cfg.features.store and cfg.stage2.enabled:
         raise ConfigError("stage2 fine-tunes the backbone, so it cannot read a feature store; drop features.store")
+    if cfg.seg.enabled:
+        if cfg.features.store:
+            raise ConfigError("seg.enabled needs the keyframe's masks next to its tokens; train it without features.store")
+        if cfg.train.mixup_alpha or cfg.train.cutmix_alpha:
+            raise ConfigError("seg.enabled with MixUp/CutMix would mix masks too; turn one of them off")
+        if not cfg.seg.classes or cfg.seg.classes[0] != 0 or len(set(cfg.seg.classes)) != len(cfg.seg.classes):
+            raise ConfigError(f"seg.classes must start with 0 (background) and not repeat, got {cfg.seg.classes}")
     if cfg.resume and not cfg.out:
         raise ConfigError("resume=true needs out=<the run directory to continue>")
     if len(cfg.data.criteria) != 3:

@@ -14,10 +14,12 @@ from .backbones import Backbone
 
 
 class CVSClassifier(nn.Module):
-    def __init__(self, backbone: Backbone | None, head: nn.Module, base_fingerprint: str | None = None):
+    def __init__(self, backbone: Backbone | None, head: nn.Module, base_fingerprint: str | None = None,
+                 seg_head: nn.Module | None = None):
         super().__init__()
         self.backbone = backbone
         self.head = head
+        self.seg_head = seg_head  # multi-task segmentation decoder (exp8), or None
         # fingerprint of the backbone's weights as loaded, before any adaptation: a checkpoint
         # records it so that loading can check it rebuilds on the same base weights
         self.base_fingerprint = base_fingerprint
@@ -38,12 +40,21 @@ class CVSClassifier(nn.Module):
     def forward(self, batch: dict, return_attention: bool = False):
         return self.head(self.tokens(batch), return_attention=return_attention)
 
+    def forward_multitask(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """CVS logits [B, 3] and, with a segmentation decoder, mask logits [B, K, crop, crop];
+        the backbone runs once for both."""
+        tokens = self.tokens(batch)
+        return self.head(tokens), (self.seg_head(tokens) if self.seg_head is not None else None)
+
     def trainable_state_dict(self, include_lora: bool = True) -> dict[str, torch.Tensor]:
         """What a checkpoint must hold: the head, plus any backbone weight that can change.
         LoRA weights can be left out when they are saved as a PEFT adapter instead."""
         keep = {n for n, p in self.named_parameters() if p.requires_grad and (include_lora or "lora_" not in n)}
-        keep |= {f"head.{n}" for n, _ in self.head.named_parameters()}
-        keep |= {f"head.{n}" for n, _ in self.head.named_buffers()}
+        for part in ("head", "seg_head"):
+            module = getattr(self, part)
+            if module is not None:
+                keep |= {f"{part}.{n}" for n, _ in module.named_parameters()}
+                keep |= {f"{part}.{n}" for n, _ in module.named_buffers()}
         return {k: v for k, v in self.state_dict().items() if k in keep}
 
 
@@ -52,3 +63,13 @@ def count_params(module: nn.Module) -> tuple[int, int]:
     total = sum(p.numel() for p in module.parameters())
     trainable = sum(p.numel() for p in module.parameters() if p.requires_grad)
     return trainable, total
+
+
+def build_seg_head(cfg, backbone: Backbone) -> nn.Module | None:
+    """The segmentation decoder ``cfg.seg`` asks for, on the backbone's token grid; None when off."""
+    if not cfg.seg.enabled:
+        return None
+    from .heads.segmentation import SegDecoder
+
+    return SegDecoder(backbone.embed_dim, len(cfg.seg.classes), backbone.token_grid(cfg.data.frames),
+                      backbone.crop_size, cfg.seg.decoder_dim)

@@ -140,11 +140,12 @@ def _decay_split(params: list[torch.nn.Parameter], lr: float, wd: float, name: s
 
 
 def params_breakdown(model: nn.Module) -> dict[str, int]:
-    """Trainable parameters by part: head, lora, backbone (unfrozen blocks)."""
+    """Trainable parameters by part: head, seg_head (when present), lora, backbone (unfrozen blocks)."""
     out = {"head": 0, "lora": 0, "backbone": 0}
     for n, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        part = "head" if n.startswith("head.") else "lora" if "lora_" in n else "backbone"
-        out[part] += p.numel()
+        part = n.split(".", 1)[0]
+        part = part if part in ("head", "seg_head") else "lora" if "lora_" in n else "backbone"
+        out[part] = out.get(part, 0) + p.numel()
     return out

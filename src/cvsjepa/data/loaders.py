@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader
@@ -47,7 +48,14 @@ def build_splits(cfg: RunConfig, crop: int,
         if index.skipped:
             log.warning("%s: skipped %d keyframe(s) with bad input (on_bad_sample=skip)", name, len(index.skipped))
         # Preprocessed frames are cached: overlapping clips (and later epochs) reuse them.
-        ds = ClipDataset(index.samples, crop=crop, target=cfg.data.target, cache_frames=cache_frames,
-                         on_bad_sample=cfg.data.on_bad_sample)
+        kwargs = dict(crop=crop, target=cfg.data.target, cache_frames=cache_frames,
+                      on_bad_sample=cfg.data.on_bad_sample)
+        if cfg.seg.enabled:  # the keyframe's mask rides along, aligned with the preprocessed clip
+            from .seg_dataset import SegClipDataset
+
+            ds = SegClipDataset(index.samples, mask_dir=Path(cfg.data.root) / "semseg", classes=cfg.seg.classes,
+                                **kwargs)
+        else:
+            ds = ClipDataset(index.samples, **kwargs)
         out[role] = SplitData(index, ds)
     return out

@@ -394,9 +394,9 @@ def frame_name(vid: int, frame: int) -> str:
     return f"{vid}_{frame}.jpg"
 
 
-def _render_video(args: tuple[_Video, str]) -> tuple[int, dict[int, list]]:
+def _render_video(args: tuple[_Video, str, int]) -> tuple[int, dict[int, list]]:
     """Write every 1 fps JPEG of one video (and its masks); return the boxes of its BBox frames."""
-    video, root_s = args
+    video, root_s, seg_every_s = args
     root = Path(root_s)
     tex = _Texture(video.texture_seed)
     boxes: dict[int, list] = {}
@@ -407,10 +407,10 @@ def _render_video(args: tuple[_Video, str]) -> tuple[int, dict[int, list]]:
         Image.fromarray(img).save(root / video.split / frame_name(video.vid, frame), quality=JPEG_QUALITY)
         if t % DET_EVERY_S == 0:
             boxes[frame] = _boxes(ids)
-            if video.seg:
-                m = _seg_mask(ids)
-                Image.fromarray(np.repeat(m[..., None], 3, axis=2)).save(
-                    root / "semseg" / f"{video.vid}_{frame}.png", optimize=False)
+        if video.seg and t % seg_every_s == 0:
+            m = _seg_mask(ids)
+            Image.fromarray(np.repeat(m[..., None], 3, axis=2)).save(
+                root / "semseg" / f"{video.vid}_{frame}.png", optimize=False)
     return video.vid, boxes
 
 
@@ -460,13 +460,14 @@ def _check_target(out: Path, overwrite: bool) -> None:
 def write_synthetic_dataset(out: Path, *, seed: int = 0, videos: tuple[int, int, int] = (16, 6, 6),
                             min_seconds: int = 40, max_seconds: int = 90, seg_fraction: float = 0.3,
                             overwrite: bool = False, progress: bool = True,
-                            workers: int | None = None) -> dict:
+                            workers: int | None = None, seg_every_s: int = DET_EVERY_S) -> dict:
     """Write a synthetic Endoscapes2023-layout dataset to ``out`` and return a summary.
 
     ``videos``: number of videos in train/val/test (ids 1..n_train, then val, then test);
     video lengths are drawn uniformly in ``[min_seconds, max_seconds]`` (one frame per second).
     ``seg_fraction`` of the videos of each split (at least one when > 0) get semantic masks on their
-    BBox frames (every 30 s), like Endoscapes-Seg50. ``overwrite`` replaces a folder written earlier
+    BBox frames (every 30 s), like Endoscapes-Seg50; ``seg_every_s=5`` masks every keyframe of those
+    videos instead (more supervision, to watch a segmentation head learn). ``overwrite`` replaces a folder written earlier
     by this generator (one holding ``synth.json``); any other non-empty folder is refused.
     ``workers``: rendering processes (default: up to 2).
 
@@ -485,6 +486,8 @@ def write_synthetic_dataset(out: Path, *, seed: int = 0, videos: tuple[int, int,
         raise DataError(f"need 1 <= min_seconds <= max_seconds, got {min_seconds}, {max_seconds}")
     if not (0.0 <= seg_fraction <= 1.0):
         raise DataError(f"seg_fraction must be in [0, 1], got {seg_fraction}")
+    if seg_every_s < 1 or seg_every_s % KEYFRAME_EVERY_S:
+        raise DataError(f"seg_every_s must be a positive multiple of {KEYFRAME_EVERY_S} (keyframes), got {seg_every_s}")
     _check_target(out, overwrite)
 
     # ---- every random draw, in a fixed order, in this process
@@ -516,9 +519,10 @@ def write_synthetic_dataset(out: Path, *, seed: int = 0, videos: tuple[int, int,
     try:
         for sub in (*SPLITS, *(f"{s}_seg" for s in SPLITS), "semseg"):
             (tmp / sub).mkdir(parents=True)
-        boxes = _render_all(all_videos, tmp, progress, workers)
+        boxes = _render_all(all_videos, tmp, progress, workers, seg_every_s)
         summary = _write_annotations(tmp, all_videos, split_vids, seg_vids, boxes, seed=seed, videos=videos,
-                                     min_seconds=min_seconds, max_seconds=max_seconds, seg_fraction=seg_fraction)
+                                     min_seconds=min_seconds, max_seconds=max_seconds, seg_fraction=seg_fraction,
+                                     seg_every_s=seg_every_s)
         if out.exists():
             if any(out.iterdir()):
                 shutil.rmtree(out)  # checked above: overwrite=True and a synth dataset
@@ -544,7 +548,8 @@ def _remove_stale_temps(out: Path) -> None:
             pass
 
 
-def _render_all(all_videos: list[_Video], tmp: Path, progress: bool, workers: int | None) -> dict[int, dict]:
+def _render_all(all_videos: list[_Video], tmp: Path, progress: bool, workers: int | None,
+                seg_every_s: int = DET_EVERY_S) -> dict[int, dict]:
     total = sum(v.seconds for v in all_videos)
     try:
         from tqdm.auto import tqdm
@@ -554,7 +559,7 @@ def _render_all(all_videos: list[_Video], tmp: Path, progress: bool, workers: in
     if workers is None:
         workers = min(2, os.cpu_count() or 1)
     workers = max(1, min(int(workers), len(all_videos)))
-    jobs = [(v, str(tmp)) for v in sorted(all_videos, key=lambda v: -v.seconds)]  # longest first
+    jobs = [(v, str(tmp), seg_every_s) for v in sorted(all_videos, key=lambda v: -v.seconds)]  # longest first
     lengths = {v.vid: v.seconds for v in all_videos}
     boxes: dict[int, dict] = {}
 
@@ -599,7 +604,8 @@ def _coco(images: list[dict], annotations: list[dict]) -> str:
 
 
 def _write_annotations(tmp: Path, all_videos: list[_Video], split_vids: dict, seg_vids: dict, boxes: dict, *,
-                       seed: int, videos: tuple, min_seconds: int, max_seconds: int, seg_fraction: float) -> dict:
+                       seed: int, videos: tuple, min_seconds: int, max_seconds: int, seg_fraction: float,
+                       seg_every_s: int = DET_EVERY_S) -> dict:
     by_vid = {v.vid: v for v in all_videos}
     csv_rows: list[list[str]] = []
     truth_rows: list[list[str]] = []
@@ -629,7 +635,11 @@ def _write_annotations(tmp: Path, all_videos: list[_Video], split_vids: dict, se
                 vid_images.append(entry)
                 if is_key:
                     ds_images.append(entry)
-                has_mask = video.seg and frame % DET_STEP == 0
+                has_mask = video.seg and t % seg_every_s == 0
+                if has_mask:
+                    seg_images.append(entry)
+                    os.symlink(os.path.join("..", split, entry["file_name"]),
+                               tmp / f"{split}_seg" / entry["file_name"])
                 if frame % DET_STEP == 0:
                     det_images.append(entry)
                     anns = []
@@ -639,10 +649,7 @@ def _write_annotations(tmp: Path, all_videos: list[_Video], split_vids: dict, se
                         ann_id += 1
                     det_anns += anns
                     if has_mask:
-                        seg_images.append(entry)
                         seg_anns += anns
-                        os.symlink(os.path.join("..", split, entry["file_name"]),
-                                   tmp / f"{split}_seg" / entry["file_name"])
                 csv_rows.append([
                     str(vid), str(frame), _fmt(sum(ds) / 3.0), *(_fmt(x) for x in ds), str(is_key),
                     *((str([int(x) for x in votes[r]]) if is_key else "") for r in range(3)),
@@ -690,7 +697,7 @@ def _write_annotations(tmp: Path, all_videos: list[_Video], split_vids: dict, se
     (tmp / "oracle.json").write_text(json.dumps(oracle, indent=2) + "\n")
     params = {"generator": "cvsjepa synth", "generator_version": GENERATOR_VERSION, "synthetic": True,
               "seed": seed, "videos": list(videos), "min_seconds": min_seconds, "max_seconds": max_seconds,
-              "seg_fraction": seg_fraction, "width": WIDTH, "height": HEIGHT, "source_fps": SOURCE_FPS,
+              "seg_fraction": seg_fraction, "seg_every_s": seg_every_s, "width": WIDTH, "height": HEIGHT, "source_fps": SOURCE_FPS,
               "keyframe_every_s": KEYFRAME_EVERY_S, "det_every_s": DET_EVERY_S, "rater_slope": RATER_SLOPE,
               "jpeg_quality": JPEG_QUALITY, "ignore_band_px": IGNORE_BAND_PX,
               "split_vids": split_vids, "seg_vids": seg_vids,

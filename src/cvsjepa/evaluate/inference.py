@@ -31,7 +31,9 @@ def move_batch(batch: dict, device: torch.device) -> dict:
 
 @torch.no_grad()
 def predict_loader(model: nn.Module, loader, device: torch.device, loss_fn: nn.Module | None = None,
-                   desc: str = "eval", progress: bool = True) -> Predictions:
+                   desc: str = "eval", progress: bool = True, seg_confusion=None) -> Predictions:
+    """CVS probabilities for every sample; with ``seg_confusion`` (a ConfusionMatrix) and a model that
+    has a segmentation decoder, also accumulates its predictions on the masked samples."""
     model.eval()
     ids, vids, frames, labels, means, probs = [], [], [], [], [], []
     loss_sum, n = 0.0, 0
@@ -40,7 +42,14 @@ def predict_loader(model: nn.Module, loader, device: torch.device, loss_fn: nn.M
             continue
         batch = move_batch(batch, device)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            logits = model(batch).float()
+            if seg_confusion is not None and getattr(model, "seg_head", None) is not None:
+                logits, seg = model.forward_multitask(batch)
+                has = batch["has_mask"].bool()
+                if has.any():
+                    seg_confusion.update(seg[has].argmax(1), batch["mask"][has])
+            else:
+                logits = model(batch)
+            logits = logits.float()
         if loss_fn is not None:
             loss_sum += float(loss_fn(logits, batch["target"])) * len(logits)
         n += len(logits)

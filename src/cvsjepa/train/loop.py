@@ -41,7 +41,9 @@ from ..evaluate.inference import Predictions, move_batch, predict_loader
 from ..evaluate.metrics import cvs_average_precision, prevalence
 from ..heads import build_head
 from ..io import atomic_save_safetensors, atomic_torch_save, atomic_write_json, load_safetensors, safe_torch_load
-from ..model import CVSClassifier, count_params
+from ..evaluate.segmentation import ConfusionMatrix, constant_prediction_miou
+from ..heads.segmentation import masked_seg_loss
+from ..model import CVSClassifier, build_seg_head, count_params
 from .losses import build_loss
 from .mixing import mix_batch
 from .rundir import create_run_dir, open_run_dir_for_resume, plot_training_curve, write_metrics, write_predictions
@@ -109,7 +111,7 @@ def build_model(cfg: RunConfig, device: torch.device | str = "cpu", allow_random
     fingerprint = backbone.weights_fingerprint()  # of the weights as loaded, before any adapter
     apply_adaptation(backbone, cfg.adapt)
     head = build_head(cfg.head, backbone.embed_dim)
-    return CVSClassifier(backbone, head, base_fingerprint=fingerprint).to(device)
+    return CVSClassifier(backbone, head, base_fingerprint=fingerprint, seg_head=build_seg_head(cfg, backbone)).to(device)
 
 
 def dry_run(cfg: RunConfig) -> dict:
@@ -129,7 +131,8 @@ def build_optimizer(model: CVSClassifier, cfg: RunConfig, head_lr: float | None 
     head_lr = cfg.train.lr if head_lr is None else head_lr
     backbone_lr = cfg.adapt.lr if backbone_lr is None else backbone_lr
     wd = cfg.train.weight_decay
-    head = [p for p in model.head.parameters() if p.requires_grad]
+    heads = [model.head] + ([model.seg_head] if model.seg_head is not None else [])
+    head = [p for h in heads for p in h.parameters() if p.requires_grad]
     groups = [{"params": [p for p in head if p.ndim > 1], "lr": head_lr, "weight_decay": wd, "name": "head"},
               {"params": [p for p in head if p.ndim <= 1], "lr": head_lr, "weight_decay": 0.0,
                "name": "head.no_decay"}]
@@ -190,8 +193,11 @@ def train_one_epoch(model, loader, loss_fn, optimizer, scheduler, device, cfg: R
         batch = move_batch(batch, device)
         batch = mix_batch(batch, cfg.train.mixup_alpha, cfg.train.cutmix_alpha, cfg.train.mix_prob, mix_gen)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            logits = model(batch).float()
+            logits, seg_logits = model.forward_multitask(batch)
+        logits = logits.float()
         loss = loss_fn(logits, batch["target"])
+        if seg_logits is not None:  # multi-task: only samples with a mask count (exp8 weight 0.5)
+            loss = loss + cfg.seg.weight * masked_seg_loss(seg_logits.float(), batch["mask"], batch["has_mask"])
         if not guard.check(loss, epoch, micro + 1, batch):
             continue
         (loss / grad_accum).backward()
@@ -347,11 +353,12 @@ def _run_stage(cfg, plan: StagePlan, model, splits, run_dir, device, state: Prog
         lrs = _group_lrs(optimizer)
         train_loss, train_map = train_one_epoch(model, train_loader, loss_fn, optimizer, scheduler, device, cfg,
                                                 plan.grad_accum, epoch, mix_gen, progress, guard)
-        val = predict_loader(model, val_loader, device, loss_fn, desc="val", progress=progress)
+        seg_cm = ConfusionMatrix(len(cfg.seg.classes)) if model.seg_head is not None else None
+        val = predict_loader(model, val_loader, device, loss_fn, desc="val", progress=progress, seg_confusion=seg_cm)
         val_ap = val.ap()
         state.rows.append({"epoch": epoch, "stage": plan.stage, "train_loss": train_loss, "train_map": train_map,
                            "val_loss": val.loss, "val_map": val_ap.map, "seconds": time.time() - te, **lrs,
-                           **{f"val_ap_{c}": a for c, a in zip(CRITERIA, val_ap.ap)}})
+                           **{f"val_ap_{c}": a for c, a in zip(CRITERIA, val_ap.ap)}, **_seg_columns(cfg, seg_cm)})
         write_metrics(run_dir, state.rows)
         score = val_ap.map if not math.isnan(val_ap.map) else -math.inf
         state.stage_best[plan.stage] = max(state.stage_best[plan.stage], score)
@@ -373,6 +380,21 @@ def _run_stage(cfg, plan: StagePlan, model, splits, run_dir, device, state: Prog
             log.info("early stop (stage %d): val mAP has not improved for %d epochs (best %.4f at epoch %s)",
                      plan.stage, state.bad_epochs, state.best_map, state.best_epoch)
             break
+
+
+def seg_class_names(cfg: RunConfig) -> list[str]:
+    from ..data.masks import DEFAULT_LABEL_MAP
+
+    names = {v: k for k, v in DEFAULT_LABEL_MAP.items()}
+    return [names.get(c, f"class{c}") for c in cfg.seg.classes]
+
+
+def _seg_columns(cfg: RunConfig, cm: ConfusionMatrix | None) -> dict:
+    if cm is None:
+        return {}
+    cols = {"val_miou": cm.miou(), "val_miou_constant": constant_prediction_miou(cm)}
+    cols.update({f"val_iou_{n}": v for n, v in zip(seg_class_names(cfg), cm.iou())})
+    return cols
 
 
 def _group_lrs(optimizer) -> dict:
@@ -430,7 +452,11 @@ def _finish(cfg, model, splits, run_dir, device, state: Progress, progress) -> d
         if role not in splits or (role == "test" and not cfg.train.eval_test):
             continue
         loader = splits[role].loader(cfg.train.batch_size, False, cfg.data.num_workers)
-        preds: Predictions = predict_loader(model, loader, device, desc=role, progress=progress)
+        seg_cm = ConfusionMatrix(len(cfg.seg.classes)) if model.seg_head is not None else None
+        preds: Predictions = predict_loader(model, loader, device, desc=role, progress=progress, seg_confusion=seg_cm)
+        if seg_cm is not None:
+            summary[f"{role}_seg"] = {"miou": seg_cm.miou(), "constant_miou": constant_prediction_miou(seg_cm),
+                                      "iou": dict(zip(seg_class_names(cfg), seg_cm.iou())), "pixels": seg_cm.pixels}
         ap = preds.ap()
         summary[f"{role}_map"] = ap.map
         summary[f"{role}_ap"] = list(ap.ap)

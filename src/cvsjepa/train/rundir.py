@@ -69,11 +69,13 @@ def create_run_dir(cfg: RunConfig) -> Path:
 
 def write_metrics(run_dir: Path, rows: list[dict]) -> None:
     """Rewrite metrics.csv whole (atomically) so a crash never leaves half a row."""
+    extra = sorted({k for r in rows for k in r} - set(METRIC_COLUMNS))  # e.g. val_miou, val_iou_<class>
+    columns = METRIC_COLUMNS + extra
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=METRIC_COLUMNS, extrasaction="ignore")
+    writer = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore")
     writer.writeheader()
     for row in rows:
-        writer.writerow({k: _fmt(row.get(k)) for k in METRIC_COLUMNS})
+        writer.writerow({k: _fmt(row.get(k)) for k in columns})
     atomic_write_text(run_dir / "metrics.csv", buf.getvalue())
 
 
