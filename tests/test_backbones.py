@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
@@ -197,10 +198,12 @@ def test_dir_without_safetensors(tmp_path, hf_dir):
 
 
 def test_meta_pt_is_not_unpickled(tmp_path):
+    # A .pt path goes to the Meta-checkpoint loader (tests/test_meta_checkpoint.py), which only
+    # ever reads with weights_only=True.
     pt = tmp_path / "vitl.pt"
     pt.write_bytes(b"garbage that torch.load would choke on")
     msg = _err(BackboneConfig(path=str(pt)))
-    assert str(pt) in msg and "cvsjepa convert" in msg
+    assert str(pt) in msg and "weights_only=True" in msg
     assert "does not exist" in _err(BackboneConfig(path=str(tmp_path / "vitg.pth")))
 
 
@@ -230,13 +233,14 @@ def test_presets_without_weights_and_bad_names(tmp_path):
     assert msg == ("backbone.preset=vitl needs V-JEPA 2 weights: pass backbone.path=/path/to/hf_dir "
                    "(or backbone.random_weights=true for a random-weight model of the same shape, e.g. for benchmarks)")
     assert "backbone.preset='vitx'" in _err(BackboneConfig(preset="vitx"), ConfigError)
-    assert "backbone.name='dino'" in _err(BackboneConfig(name="dino", preset="tiny"), ConfigError)
+    msg = _err(BackboneConfig(name="dino", preset="tiny"), ConfigError)
+    assert "backbone.name='dino'" in msg and "dinov2" in msg and "videomae" in msg
     assert "random_weights" in _err(BackboneConfig(path=str(tmp_path), random_weights=True), ConfigError)
 
 
 # ------------------------------------------------------------------ presets
 def test_list_presets_sizes():
-    rows = {r["name"]: r for r in list_presets()}
+    rows = {r["name"]: r for r in list_presets() if r["family"] == "vjepa2"}
     assert set(rows) == {"tiny", "vitl", "vith", "vitg", "vitg384"}
     for name, expected in (("vitl", 303.9e6), ("vith", 631.6e6), ("vitg", 1012.2e6), ("vitg384", 1012.2e6)):
         assert abs(rows[name]["params"] - expected) / expected < 0.01, (name, rows[name]["params"])
@@ -244,3 +248,54 @@ def test_list_presets_sizes():
     assert rows["vitl"]["tokens_per_16_frames"] == 2048 and rows["vitl"]["embed_dim"] == 1024
     assert rows["vitg"]["embed_dim"] == 1408 and rows["vitg384"]["tokens_per_16_frames"] == 8 * 24 * 24
     assert rows["tiny"]["params"] == tiny().describe()["params"]
+
+
+# ------------------------------------------------------------------ multilevel tokens
+def test_multilevel_tokens_are_level_major_final_normed_layers(bb):
+    ml = tiny(layers=[1, 0]).freeze()
+    assert ml.layers == (0, 1) and ml.num_levels == 2  # block order, as the official out_layers
+    assert ml.token_grid(8) == (4, 4, 4) and ml.token_layout(8) == (2, 4, 4, 4) and ml.num_tokens(8) == 128
+    x = clip()
+    tokens = ml.extract(x)
+    assert tokens.shape == (2, 128, 96)
+    with torch.no_grad():
+        out = bb.model(pixel_values_videos=x, skip_predictor=True, output_hidden_states=True)
+    norm = bb.model.encoder.layernorm
+    # hidden_states[0] is the embedding output, hidden_states[i + 1] block i's
+    assert torch.allclose(tokens[:, :64], norm(out.hidden_states[1]), atol=1e-5)
+    assert torch.allclose(tokens[:, 64:], out.last_hidden_state, atol=1e-5)
+    assert torch.allclose(ml(x), tokens, atol=1e-5)  # forward (autograd path) agrees with extract
+    level, t, h, w = np.unravel_index(64 + 21, ml.token_layout(8))
+    assert (level, t, h, w) == (1, 1, 1, 1)
+
+
+def test_multilevel_identity_and_description(bb):
+    ml = tiny(layers=[0, 1]).freeze()
+    assert ml.weights_fingerprint() != bb.weights_fingerprint()  # a feature store must not mix them
+    assert tiny(layers=[-1]).freeze().weights_fingerprint() == bb.weights_fingerprint()  # [last] = default
+    assert tiny(layers=[1]).freeze().weights_fingerprint() == bb.weights_fingerprint()
+    d = ml.describe()
+    assert d["layers"] == [0, 1] and d["num_levels"] == 2 and d["num_layers"] == 2
+    assert bb.describe()["layers"] == [] and bb.describe()["num_levels"] == 1
+    json.dumps(d)
+
+
+def test_multilevel_trains_through_the_encoder():
+    ml = tiny(layers=[0, 1])
+    ml.train()
+    ml(clip(b=1)).pow(2).mean().backward()
+    assert ml.model.encoder.layer[0].attention.query.weight.grad is not None
+
+
+@pytest.mark.parametrize("layers, needle", [([2], "layer 2 is out of range"), ([-3], "layer -3 is out of range"),
+                                            ([0, -2], "names a layer twice")])
+def test_bad_layers_are_refused(layers, needle):
+    msg = _err(BackboneConfig(preset="tiny", layers=layers), ConfigError)
+    assert "backbone.layers" in msg and needle in msg
+
+
+def test_encoder_blocks_contract(bb):
+    blocks = bb.encoder_blocks()
+    assert len(blocks) == bb.num_layers == 2 and blocks is bb.model.encoder.layer
+    for role, path in bb.attention_modules.items():
+        assert isinstance(blocks[0].get_submodule(path), torch.nn.Linear), role

@@ -1,7 +1,10 @@
 """Video encoders: ``build_backbone(cfg.backbone)`` -> a ``Backbone`` producing tokens ``[B, N, D]``.
 
-``VJEPA2Backbone`` and ``PRESETS`` live in ``cvsjepa.backbones.vjepa2`` (imported lazily: it pulls
-in transformers).
+Families (``backbone.name``), each a module imported lazily (they pull in transformers):
+``vjepa2`` (``VJEPA2Backbone``; Meta ``.pt`` checkpoints via ``meta``), ``videomae``
+(``VideoMAEBackbone``) and ``dinov2`` (``Dinov2FramesBackbone``, an image model per frame).
+``flops`` computes forward cost from a shape; ``_hf`` holds the shared local-directory checks.
+User guide: docs/backbones.md.
 """
 
 from .base import Backbone

@@ -2,9 +2,16 @@
 
 A backbone turns a preprocessed clip ``video [B, T, 3, crop, crop]`` (float, normalised by
 ``cvsjepa.data.transforms.preprocess_frames``) into patch tokens ``[B, N, D]`` with
-``N = prod(token_grid(T))``, token order frame-major then row then column (the order V-JEPA 2's
-Conv3d patchifier flattens in), so heads and diagnostics can map token ``i`` back to
-``(t', h', w') = np.unravel_index(i, token_grid(T))``.
+``N = num_levels * prod(token_grid(T))``. Token order is level-major, then frame, row, column
+(the order V-JEPA 2's Conv3d patchifier flattens in), so heads and diagnostics map token ``i``
+back with ``(level, t', h', w') = np.unravel_index(i, token_layout(T))``.
+
+Levels: with ``backbone.layers`` empty (the default) there is one level, the last encoder layer
+after the final norm, and ``token_layout(T) == (1, *token_grid(T))``. With ``backbone.layers =
+[17, 19, 21, 23]`` (the official multilevel probe of ViT-L) each chosen layer's output gets the
+final norm and the levels are concatenated along the token axis: level 0's ``prod(token_grid(T))``
+tokens first, then level 1's, ... Layer ``i`` is the output of encoder block ``i`` (0-based), so
+``[L - 1]`` equals the default.
 
 Two ways to run it:
 * ``forward(video)``: ordinary autograd, for training through the encoder (LoRA, unfreezing).
@@ -17,10 +24,32 @@ from __future__ import annotations
 import hashlib
 import json
 from abc import ABC, abstractmethod
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import Tensor, nn
+
+from ..errors import ConfigError
+
+
+def resolve_layers(layers: "list[int] | tuple[int, ...]", num_layers: int) -> tuple[int, ...]:
+    """``backbone.layers`` -> sorted block indices in ``[0, num_layers)``; ConfigError names the key.
+
+    Negative indices count from the end (``-1`` = last block). The result is in block order, as
+    the official ``out_layers`` produces it whatever order the list was written in.
+    """
+    out = []
+    for i in layers:
+        if isinstance(i, bool) or not isinstance(i, int):
+            raise ConfigError(f"backbone.layers={list(layers)}: layer indices must be integers, got {i!r}")
+        if not -num_layers <= i < num_layers:
+            raise ConfigError(f"backbone.layers={list(layers)}: layer {i} is out of range for an encoder with "
+                              f"{num_layers} layers (valid: 0..{num_layers - 1}, or -{num_layers}..-1 from the end)")
+        out.append(i % num_layers)
+    if len(set(out)) != len(out):
+        raise ConfigError(f"backbone.layers={list(layers)} names a layer twice (after counting negative "
+                          f"indices from the end: {out})")
+    return tuple(sorted(out))
 
 
 class Backbone(nn.Module, ABC):
@@ -32,7 +61,13 @@ class Backbone(nn.Module, ABC):
         family: registry key (``"vjepa2"``); preset: the shape name (``"vitl"``, or ``"custom"``).
         embed_dim: token width D. crop_size / patch_size / tubelet_size: input geometry.
         is_random: True when the weights are a random initialisation (tiny, or random_weights=True).
-        path: the weights directory ("" for random weights).
+        path: the weights directory or file ("" for random weights).
+        num_layers: encoder depth. layers: the chosen blocks for multilevel tokens, sorted, ``()`` =
+            the last one (see the module docstring).
+        attention_modules: the attention Linears of one encoder block, as dotted paths relative
+            to the block, by role (``query``, ``key``, ``value``, ``output``); e.g. V-JEPA 2's
+            ``{"query": "attention.query", ..., "output": "attention.proj"}``. For LoRA targets:
+            module names differ between families.
         frozen: set by ``freeze()``; a frozen backbone stays in eval mode even under ``.train()``.
     """
 
@@ -45,6 +80,10 @@ class Backbone(nn.Module, ABC):
     tubelet_size: int
     is_random: bool
     path: str = ""
+    num_layers: int
+    layers: tuple[int, ...] = ()
+    attention_modules: dict[str, str] = {"query": "attention.query", "key": "attention.key",
+                                         "value": "attention.value", "output": "attention.proj"}
 
     def __init__(self) -> None:
         super().__init__()
@@ -52,15 +91,28 @@ class Backbone(nn.Module, ABC):
         self._fingerprint: str | None = None
 
     # ----------------------------------------------------------------- geometry
+    @property
+    def num_levels(self) -> int:
+        """How many layers' tokens are concatenated (1 unless ``backbone.layers`` names several)."""
+        return max(1, len(self.layers))
+
     def token_grid(self, num_frames: int) -> tuple[int, int, int]:
-        """``(T / tubelet, crop / patch, crop / patch)``: the token layout for a clip of ``num_frames``."""
+        """``(T / tubelet, crop / patch, crop / patch)``: the grid of ONE level for a clip of ``num_frames``."""
         side = self.crop_size // self.patch_size
         return num_frames // self.tubelet_size, side, side
 
+    def token_layout(self, num_frames: int) -> tuple[int, int, int, int]:
+        """``(num_levels, T', H', W')``; its product is N. Tokens are level-major."""
+        return (self.num_levels, *self.token_grid(num_frames))
+
     def num_tokens(self, num_frames: int) -> int:
-        """N for a clip of ``num_frames`` frames at this backbone's crop."""
+        """N for a clip of ``num_frames`` frames at this backbone's crop (all levels)."""
         t, h, w = self.token_grid(num_frames)
-        return t * h * w
+        return self.num_levels * t * h * w
+
+    def encoder_blocks(self) -> nn.ModuleList:
+        """The transformer blocks, first to last (for unfreezing, LLRD, drop-path)."""
+        return self.model.encoder.layer  # type: ignore[attr-defined]  # every family here names them so
 
     def check_input(self, video: Tensor) -> None:
         """Refuse inputs the encoder would accept but misread.
@@ -91,6 +143,19 @@ class Backbone(nn.Module, ABC):
     @abstractmethod
     def _encode(self, video: Tensor) -> Tensor:
         """Subclass hook: checked ``[B, T, 3, crop, crop]`` -> tokens ``[B, N, D]``."""
+
+    def _run_levels(self, x: Tensor, run_block: Callable[[nn.Module, Tensor], Tensor],
+                    norm: Callable[[Tensor], Tensor]) -> list[Tensor]:
+        """Multilevel helper: run the encoder blocks on the embedded tokens ``x``, keep ``norm`` of
+        each chosen block's output (in block order), and stop after the last chosen block."""
+        outs = []
+        for i, block in enumerate(self.encoder_blocks()):
+            x = run_block(block, x)
+            if i in self.layers:
+                outs.append(norm(x))
+            if i == self.layers[-1]:
+                break
+        return outs
 
     def forward(self, video: Tensor) -> Tensor:
         """``video [B, T, 3, crop, crop]`` float, preprocessed -> tokens ``[B, N, D]`` (autograd on)."""
@@ -134,14 +199,18 @@ class Backbone(nn.Module, ABC):
         return {"crop_size": self.crop_size, "patch_size": self.patch_size, "tubelet_size": self.tubelet_size}
 
     def weights_fingerprint(self) -> str:
-        """16 hex digits of sha256 over the architecture fields and every token-relevant tensor
-        (name, dtype, shape, bytes; sorted by name). Same weights + same shape -> same string, on
-        any device. Cached while frozen (hashing ViT-L's 1.2 GB costs about a second)."""
+        """16 hex digits of sha256 over the architecture fields, the multilevel layer choice and
+        every token-relevant tensor (name, dtype, shape, bytes; sorted by name). Same weights + same
+        shape + same layers -> same string, on any device. Cached while frozen (hashing ViT-L's
+        1.2 GB costs about a second)."""
         trainable = any(p.requires_grad for p in self.parameters())
         if self._fingerprint is not None and self.frozen and not trainable:
             return self._fingerprint
         h = hashlib.sha256()
-        h.update(json.dumps({"family": self.family, **self.fingerprint_config()}, sort_keys=True).encode())
+        header = {"family": self.family, **self.fingerprint_config()}
+        if self.layers and self.layers != (self.num_layers - 1,):  # [last] gives the default tokens
+            header["layers"] = list(self.layers)
+        h.update(json.dumps(header, sort_keys=True).encode())
         for key, tensor in sorted(self.fingerprint_tensors().items()):
             t = tensor.detach().to("cpu").contiguous()
             h.update(f"{key}|{t.dtype}|{tuple(t.shape)}|".encode())
@@ -161,4 +230,6 @@ class Backbone(nn.Module, ABC):
             "name": self.name, "family": self.family, "preset": self.preset, "embed_dim": self.embed_dim,
             "crop_size": self.crop_size, "patch_size": self.patch_size, "tubelet_size": self.tubelet_size,
             "params": self.num_params(), "random_weights": self.is_random, "path": self.path,
+            "num_layers": self.num_layers, "layers": list(self.layers), "num_levels": self.num_levels,
+            "token_order": "level, frame, row, column",
         }

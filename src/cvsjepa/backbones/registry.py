@@ -1,10 +1,10 @@
 """Backbone families by name (``backbone.name`` in the config).
 
 Each family is a module with a builder ``(BackboneConfig, device) -> Backbone`` and a preset
-lister ``() -> list[dict]``. Modules are imported on first use, so ``import cvsjepa.backbones``
+lister ``(num_frames) -> list[dict]``. Modules are imported on first use, so ``import cvsjepa.backbones``
 stays cheap (transformers alone takes seconds to import). Adding a family is one entry, e.g.::
 
-    "videomae": _Family("cvsjepa.backbones.videomae", "build_videomae", "list_videomae_presets"),
+    "internvideo": _Family("cvsjepa.backbones.internvideo", "build_internvideo", "list_internvideo_presets"),
 """
 
 from __future__ import annotations
@@ -32,20 +32,23 @@ class _Family:
     def build(self, cfg: BackboneConfig, device: torch.device | str | None) -> Backbone:
         return self._get(self.builder)(cfg, device)
 
-    def presets(self) -> list[dict[str, Any]]:
-        return self._get(self.lister)()
+    def presets(self, num_frames: int = 16) -> list[dict[str, Any]]:
+        return self._get(self.lister)(num_frames)
 
 
 FAMILIES: dict[str, _Family] = {
     "vjepa2": _Family("cvsjepa.backbones.vjepa2", "build_vjepa2", "list_vjepa2_presets"),
+    "videomae": _Family("cvsjepa.backbones.videomae", "build_videomae", "list_videomae_presets"),
+    "dinov2": _Family("cvsjepa.backbones.dinov2", "build_dinov2", "list_dinov2_presets"),
 }
 
 
 def build_backbone(cfg: BackboneConfig, device: torch.device | str | None = None) -> Backbone:
     """The backbone ``cfg`` describes, on ``device`` (CPU when None), in eval mode, not yet frozen.
 
-    Raises ConfigError for an unknown ``backbone.name`` / ``backbone.preset`` or a preset without
-    weights, CheckpointError for a weights path that is missing, malformed or incomplete.
+    Raises ConfigError for an unknown ``backbone.name`` / ``backbone.preset``, a preset without
+    weights or ``backbone.layers`` out of range; CheckpointError for a weights path that is missing,
+    malformed, unsafe or incomplete.
     """
     family = FAMILIES.get(cfg.name)
     if family is None:
@@ -53,7 +56,9 @@ def build_backbone(cfg: BackboneConfig, device: torch.device | str | None = None
     return family.build(cfg, device)
 
 
-def list_presets() -> list[dict[str, Any]]:
-    """Every family's presets: name, family, params (encoder only), embed_dim, crop_size,
-    tokens_per_16_frames, and where the weights come from. Counted without allocating weights."""
-    return [row for family in FAMILIES.values() for row in family.presets()]
+def list_presets(num_frames: int = 16) -> list[dict[str, Any]]:
+    """Every family's presets: name, family, params (encoder only), embed_dim, layers, heads,
+    crop_size, clip_frames, tokens_per_clip, tokens_per_16_frames, flops_per_clip (encoder forward,
+    2 x MACs, at ``clip_frames``: ``num_frames``, except VideoMAE which runs only at its own clip
+    length) and where the weights come from. Counted without allocating weights."""
+    return [row for family in FAMILIES.values() for row in family.presets(num_frames)]

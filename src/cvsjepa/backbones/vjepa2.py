@@ -1,31 +1,36 @@
-"""V-JEPA 2 encoders through ``transformers.VJEPA2Model``, from local Hugging Face directories.
+"""V-JEPA 2 encoders through ``transformers.VJEPA2Model``, from local HF directories or Meta's ``.pt``.
 
 Shapes (``PRESETS``) follow the released checkpoints (reference: shared/reference/vjepa2.md):
 
-=========  ======  ======  =====  =========  =====  ===============
-preset     hidden  layers  heads  mlp ratio  crop   encoder params
-=========  ======  ======  =====  =========  =====  ===============
-vitl       1024    24      16     4          256    303.9 M
-vith       1280    32      16     4          256    631.6 M
-vitg       1408    40      22     48/11      256    1012.2 M
-vitg384    1408    40      22     48/11      384    1012.2 M
+=========  ======  ======  =====  =========  =====  ===============  =====================
+preset     hidden  layers  heads  mlp ratio  crop   encoder params   TFLOP / 16-frame clip
+=========  ======  ======  =====  =========  =====  ===============  =====================
+vitl       1024    24      16     4          256    303.9 M          1.66
+vith       1280    32      16     4          256    631.6 M          3.27
+vitg       1408    40      22     48/11      256    1012.2 M         5.09
+vitg384    1408    40      22     48/11      384    1012.2 M         14.1
 tiny       96      2       4      2          64     random, for tests and the demo
-=========  ======  ======  =====  =========  =====  ===============
+=========  ======  ======  =====  =========  =====  ===============  =====================
 
 All use patch 16, tubelet 2 and ``frames_per_clip=64`` as the HF conversions do. frames_per_clip
 only sizes the RoPE depth grid, and frame positions extrapolate (``frame = id // tokens_per_frame``),
 so clips of any even length work; the *spatial* size must equal ``crop_size`` (checked).
 
-Weights: ``backbone.path`` = a local directory with ``config.json`` (``model_type: vjepa2``) and
-``model.safetensors`` (or a sharded ``model.safetensors.index.json``), e.g. a snapshot of
-``facebook/vjepa2-vitl-fpc64-256``. Nothing is downloaded. The directory's config wins over
-``backbone.preset``; the actual shape is what ``describe()`` records. Meta's ``.pt`` checkpoints
-need converting first (fused qkv, different names); they are never ``torch.load``-ed here.
+Weights (``backbone.path``), nothing is downloaded:
+
+* a local Hugging Face directory with ``config.json`` (``model_type: vjepa2``) and
+  ``model.safetensors`` (or a sharded ``model.safetensors.index.json``), e.g. a snapshot of
+  ``facebook/vjepa2-vitl-fpc64-256`` or the output of ``cvsjepa convert``. The directory's config
+  wins over ``backbone.preset``; the actual shape is what ``describe()`` records.
+* Meta's original ``vitl.pt / vith.pt / vitg.pt / vitg-384.pt``: converted on load by
+  ``cvsjepa.backbones.meta`` (``torch.load(weights_only=True)``, fused qkv split, every key
+  checked). ``cvsjepa convert`` does it once and writes a directory that loads faster.
+
+Multilevel tokens (``backbone.layers``, e.g. ``[17, 19, 21, 23]`` for ViT-L): see ``base.py``.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 from functools import lru_cache
 from pathlib import Path
@@ -36,8 +41,10 @@ from torch import Tensor
 from transformers import VJEPA2Config, VJEPA2Model
 
 from ..config import BackboneConfig
-from ..errors import CheckpointError, ConfigError
-from .base import Backbone
+from ..errors import ConfigError
+from . import _hf
+from .base import Backbone, resolve_layers
+from .flops import video_vit_flops
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +72,9 @@ RANDOM_SEED = 0  # every random-weight build uses it, so "tiny" is one fixed mod
 _SHAPE_KEYS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "mlp_ratio",
                "crop_size", "patch_size", "tubelet_size")
 _TOKEN_KEYS = _SHAPE_KEYS + ("layer_norm_eps", "hidden_act", "qkv_bias", "in_chans")
-_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json")
+META_SUFFIXES = (".pt", ".pth", ".tar", ".ckpt")
+PREDICTOR_NOTE = ("the predictor is not converted (classification never runs it): it is randomly "
+                  "initialised and skipped")
 
 
 def preset_config(preset: str, attn_implementation: str = "sdpa") -> VJEPA2Config:
@@ -92,8 +101,17 @@ def _encoder_params(preset: str) -> int:
     return sum(p.numel() for p in model.encoder.parameters())
 
 
-def list_vjepa2_presets() -> list[dict[str, Any]]:
-    """One row per preset: name, family, params (encoder only), embed dim, tokens per 16-frame clip."""
+def preset_flops(preset: str, num_frames: int = 16) -> int:
+    """Encoder forward FLOPs (2 x MACs) for one clip of ``num_frames`` at the preset's crop."""
+    kw = PRESETS[preset]
+    return video_vit_flops(hidden=kw["hidden_size"], layers=kw["num_hidden_layers"],
+                           mlp_hidden=int(kw["hidden_size"] * kw["mlp_ratio"]), num_frames=num_frames,
+                           crop=kw["crop_size"], patch=kw["patch_size"], tubelet=kw["tubelet_size"])
+
+
+def list_vjepa2_presets(num_frames: int = 16) -> list[dict[str, Any]]:
+    """One row per preset: name, family, params (encoder only), embed dim, tokens and forward FLOPs
+    per clip of ``num_frames`` frames."""
     rows = []
     for name, kw in PRESETS.items():
         side = kw["crop_size"] // kw["patch_size"]
@@ -102,10 +120,16 @@ def list_vjepa2_presets() -> list[dict[str, Any]]:
             "params_scope": "encoder only (predictor excluded)",
             "embed_dim": kw["hidden_size"], "layers": kw["num_hidden_layers"], "heads": kw["num_attention_heads"],
             "crop_size": kw["crop_size"], "patch_size": kw["patch_size"], "tubelet_size": kw["tubelet_size"],
+            "clip_frames": num_frames, "tokens_per_clip": (num_frames // kw["tubelet_size"]) * side * side,
             "tokens_per_16_frames": (16 // kw["tubelet_size"]) * side * side,
-            "weights": "random (built in)" if name == "tiny" else f"local HF dir, e.g. {HF_REPOS[name]}",
+            "flops_per_clip": preset_flops(name, num_frames),
+            "weights": "random (built in)" if name == "tiny" else
+                       f"local HF dir (e.g. {HF_REPOS[name]}) or Meta {_META_FILES[name]}",
         })
     return rows
+
+
+_META_FILES = {"vitl": "vitl.pt", "vith": "vith.pt", "vitg": "vitg.pt", "vitg384": "vitg-384.pt"}
 
 
 class VJEPA2Backbone(Backbone):
@@ -113,22 +137,30 @@ class VJEPA2Backbone(Backbone):
     round-trips through ``save_pretrained``) but never run (``skip_predictor=True``).
 
     ``self.model`` is the underlying ``VJEPA2Model``; LoRA targets live under
-    ``model.encoder.layer.{i}.attention.{query,key,value,proj}``.
+    ``model.encoder.layer.{i}.attention.{query,key,value,proj}``. ``source`` says where the
+    weights came from: ``"random"``, ``"hf_dir"`` or ``"meta_checkpoint"`` (then ``source_info``
+    holds the checkpoint key used and the keys that were ignored).
     """
 
-    def __init__(self, model: VJEPA2Model, *, path: str = "", is_random: bool, requested_preset: str = ""):
+    def __init__(self, model: VJEPA2Model, *, path: str = "", is_random: bool, requested_preset: str = "",
+                 layers: "list[int] | tuple[int, ...]" = (), source: str = "", source_info: dict | None = None,
+                 preset: str = ""):
         super().__init__()
         self.model = model
         cfg = model.config
         self.family = FAMILY
-        self.preset = match_preset(cfg)
+        self.preset = preset or match_preset(cfg)
         self.requested_preset = requested_preset or self.preset
         self.embed_dim = int(cfg.hidden_size)
         self.crop_size = int(cfg.crop_size)
         self.patch_size = int(cfg.patch_size)
         self.tubelet_size = int(cfg.tubelet_size)
+        self.num_layers = int(cfg.num_hidden_layers)
+        self.layers = resolve_layers(layers, self.num_layers)
         self.is_random = is_random
         self.path = path
+        self.source = source or ("random" if is_random else "hf_dir")
+        self.source_info = dict(source_info or {})
         self.name = f"{FAMILY}-{self.preset} ({'random weights' if is_random else path})"
 
     @property
@@ -136,7 +168,12 @@ class VJEPA2Backbone(Backbone):
         return self.model.config
 
     def _encode(self, video: Tensor) -> Tensor:
-        return self.model(pixel_values_videos=video, skip_predictor=True).last_hidden_state
+        if not self.layers:
+            return self.model(pixel_values_videos=video, skip_predictor=True).last_hidden_state
+        encoder = self.model.encoder
+        x = encoder.embeddings(video)
+        levels = self._run_levels(x, lambda block, h: block(h, None)[0], encoder.layernorm)
+        return torch.cat(levels, dim=1)
 
     def fingerprint_tensors(self) -> dict[str, Tensor]:
         # Encoder only: the predictor never touches the tokens.
@@ -152,90 +189,55 @@ class VJEPA2Backbone(Backbone):
     def describe(self) -> dict[str, Any]:
         d = super().describe()
         c = self.config
-        d.update(params_scope="encoder only (predictor excluded)", num_layers=int(c.num_hidden_layers),
-                 num_heads=int(c.num_attention_heads), mlp_ratio=float(c.mlp_ratio),
-                 frames_per_clip=int(c.frames_per_clip), preset_requested=self.requested_preset,
-                 attn_implementation=str(c._attn_implementation))
+        d.update(params_scope="encoder only (predictor excluded)", num_heads=int(c.num_attention_heads),
+                 mlp_ratio=float(c.mlp_ratio), frames_per_clip=int(c.frames_per_clip),
+                 preset_requested=self.requested_preset, attn_implementation=str(c._attn_implementation),
+                 source=self.source)
+        if self.source == "meta_checkpoint":
+            d.update(predictor=PREDICTOR_NOTE, **{f"meta_{k}": v for k, v in self.source_info.items()})
         return d
 
 
 # ---------------------------------------------------------------------------- loading
-def _expected() -> str:
-    return ("a local Hugging Face directory with config.json and model.safetensors "
-            f"(e.g. a snapshot of {HF_REPOS['vitl']})")
-
-
 def check_hf_dir(path: str) -> Path:
-    """Validate a weights directory before transformers sees it; CheckpointError says what is wrong."""
-    p = Path(path).expanduser()
-    if p.suffix.lower() in (".pt", ".pth", ".ckpt"):
-        missing = "" if p.exists() else " (and the file does not exist)"
-        raise CheckpointError(
-            f"backbone.path={path} looks like a Meta PyTorch checkpoint{missing}; cvsjepa reads Hugging Face "
-            f"directories only. Convert it first with `cvsjepa convert` (not built yet) or point backbone.path "
-            f"at {_expected()}. (.pt files are not loaded directly: unpickling can run code.)")
-    if not p.exists():
-        raise CheckpointError(f"backbone.path={path} does not exist; expected {_expected()}")
-    if not p.is_dir():
-        raise CheckpointError(f"backbone.path={path} is a file, not a directory; expected {_expected()}")
-    cfg_file = p / "config.json"
-    if not cfg_file.is_file():
-        raise CheckpointError(f"no config.json in backbone.path={path}; expected {_expected()}")
-    try:
-        raw = json.loads(cfg_file.read_text())
-    except (OSError, ValueError) as e:
-        raise CheckpointError(f"{cfg_file} is not readable JSON ({e}); re-download or re-save the model") from e
-    model_type = raw.get("model_type") if isinstance(raw, dict) else None
-    if model_type != FAMILY:
-        raise CheckpointError(f"{cfg_file} has model_type={model_type!r}, expected 'vjepa2': backbone.path must "
-                              f"hold a V-JEPA 2 model ({_expected()})")
-    if not any((p / f).is_file() for f in _WEIGHT_FILES):
-        others = sorted(f.name for f in p.iterdir() if f.suffix in (".bin", ".pt", ".pth"))
-        hint = (f" (found {', '.join(others)}: cvsjepa reads safetensors only; re-save with "
-                f"save_pretrained(..., safe_serialization=True))") if others else ""
-        raise CheckpointError(f"no model.safetensors (or model.safetensors.index.json) in backbone.path={path}"
-                              f"{hint}; expected {_expected()}")
-    return p
+    """Validate a V-JEPA 2 weights directory before transformers sees it."""
+    return _hf.check_hf_dir(path, (FAMILY,), HF_REPOS["vitl"])
 
 
 def load_hf_model(path: str, attn_implementation: str = "sdpa") -> VJEPA2Model:
-    """``VJEPA2Model`` from a local directory, float32, eval mode; refuses partial encoder loads."""
+    """``VJEPA2Model`` from a local directory, float32, eval mode; refuses partial encoder loads
+    (missing predictor weights are only logged: the predictor is never run)."""
     p = check_hf_dir(path)
-    try:
-        model, info = VJEPA2Model.from_pretrained(
-            str(p), local_files_only=True, attn_implementation=attn_implementation,
-            dtype=torch.float32,  # transformers 5 defaults to the file's dtype; fp32 master weights, autocast for speed
-            output_loading_info=True)
-    except Exception as e:  # corrupt file, shape mismatch between config.json and weights, ...
-        raise CheckpointError(f"could not load V-JEPA 2 weights from backbone.path={path}: {type(e).__name__}: "
-                              f"{str(e).strip()[:500]} (do config.json and the safetensors belong together?)") from e
-    # transformers fills missing weights with a random init and only logs it: a silent partial
-    # load would look like a working, merely bad, model. Missing encoder weights are fatal.
-    missing = sorted(k for k in info.get("missing_keys", ()) if k.startswith("encoder."))
-    if missing:
-        raise CheckpointError(f"backbone.path={path}: {len(missing)} encoder weights are missing from the "
-                              f"checkpoint, e.g. {', '.join(missing[:5])}; the directory is incomplete or not a "
-                              f"V-JEPA 2 encoder")
-    other_missing = sorted(set(info.get("missing_keys", ())) - set(missing))
-    if other_missing:
-        log.info("%s: %d predictor weights missing (unused: the predictor is skipped)", path, len(other_missing))
-    unexpected = sorted(info.get("unexpected_keys", ()))
-    if unexpected:
-        log.info("%s: ignored %d weights that are not part of VJEPA2Model, e.g. %s", path, len(unexpected),
-                 ", ".join(unexpected[:3]))
-    return model.eval()
+    return _hf.load_pretrained(VJEPA2Model, p, attn_implementation=attn_implementation, family="V-JEPA 2",
+                               required=("encoder.",))
+
+
+def is_meta_checkpoint_path(path: str) -> bool:
+    """A file path with a PyTorch-pickle suffix: Meta's release format (``vitl.pt``...)."""
+    return Path(path).suffix.lower() in META_SUFFIXES
 
 
 def build_vjepa2(cfg: BackboneConfig, device: torch.device | str | None = None) -> VJEPA2Backbone:
-    """Build from ``cfg``: a local HF dir when ``cfg.path`` is set, else a seeded random preset."""
+    """Build from ``cfg``: a local HF dir or a Meta ``.pt`` when ``cfg.path`` is set, else a seeded
+    random preset. ``cfg.layers`` picks multilevel tokens (ConfigError when out of range)."""
     if cfg.path:
         if cfg.random_weights:
             raise ConfigError(f"backbone.random_weights=true and backbone.path={cfg.path} are both set: "
                               f"pick one (path loads weights, random_weights builds a random model)")
-        model = load_hf_model(cfg.path, cfg.attn_implementation)
-        backbone = VJEPA2Backbone(model, path=cfg.path, is_random=False, requested_preset=cfg.preset)
+        if is_meta_checkpoint_path(cfg.path):
+            from .meta import load_meta_checkpoint
+
+            model, info = load_meta_checkpoint(cfg.path, preset_hint=cfg.preset,
+                                               attn_implementation=cfg.attn_implementation)
+            backbone = VJEPA2Backbone(model, path=cfg.path, is_random=False, requested_preset=cfg.preset,
+                                      layers=cfg.layers, source="meta_checkpoint", source_info=info,
+                                      preset=info["preset"])
+        else:
+            model = load_hf_model(cfg.path, cfg.attn_implementation)
+            backbone = VJEPA2Backbone(model, path=cfg.path, is_random=False, requested_preset=cfg.preset,
+                                      layers=cfg.layers)
         if backbone.preset != cfg.preset:
-            log.info("backbone.preset=%s, but %s holds a %s-shaped model: using the directory's shape",
+            log.info("backbone.preset=%s, but %s holds a %s-shaped model: using the weights' shape",
                      cfg.preset, cfg.path, backbone.preset)
     else:
         config = preset_config(cfg.preset, cfg.attn_implementation)
@@ -243,12 +245,8 @@ def build_vjepa2(cfg: BackboneConfig, device: torch.device | str | None = None) 
             raise ConfigError(
                 f"backbone.preset={cfg.preset} needs V-JEPA 2 weights: pass backbone.path=/path/to/hf_dir "
                 f"(or backbone.random_weights=true for a random-weight model of the same shape, e.g. for benchmarks)")
-        # Built on the CPU under a fixed seed (without touching the caller's RNG): the same
-        # preset is the same model on every machine and device, which tests and the feature store need.
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(RANDOM_SEED)
-            model = VJEPA2Model(config)
-        backbone = VJEPA2Backbone(model, is_random=True, requested_preset=cfg.preset)
+        model = _hf.seeded_build(lambda: VJEPA2Model(config), RANDOM_SEED)
+        backbone = VJEPA2Backbone(model, is_random=True, requested_preset=cfg.preset, layers=cfg.layers)
     if device is not None:
         backbone.to(device)
     return backbone.eval()  # like from_pretrained: an encoder starts in eval mode; train() when tuning it

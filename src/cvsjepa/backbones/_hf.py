@@ -1,0 +1,113 @@
+"""Local Hugging Face directories, shared by every family: validate before transformers sees the
+directory, load float32 in eval mode, and refuse partial loads.
+
+transformers fills weights missing from a checkpoint with a random init and only logs it: a silent
+partial load looks like a working, merely bad, model. So every missing weight that produces the
+tokens is fatal here, named in the message.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any, Iterable
+
+import torch
+
+from ..errors import CheckpointError
+
+log = logging.getLogger(__name__)
+
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json")
+PICKLE_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin", ".tar")
+
+
+def expected_dir(example: str) -> str:
+    return f"a local Hugging Face directory with config.json and model.safetensors (e.g. a snapshot of {example})"
+
+
+def check_hf_dir(path: str, model_types: Iterable[str], example: str, pt_hint: str = "") -> Path:
+    """Validate a weights directory; CheckpointError says what is wrong and what was expected.
+
+    ``model_types``: the ``config.json`` ``model_type`` values this family reads. ``pt_hint``:
+    what to do with a PyTorch pickle instead (e.g. "use cvsjepa convert"), "" = not supported.
+    """
+    model_types = tuple(model_types)
+    expected = expected_dir(example)
+    p = Path(path).expanduser()
+    if p.suffix.lower() in PICKLE_SUFFIXES:
+        missing = "" if p.exists() else " (and the file does not exist)"
+        raise CheckpointError(
+            f"backbone.path={path} is a PyTorch pickle file{missing}; this backbone family reads Hugging Face "
+            f"directories only{pt_hint}. Point backbone.path at {expected}.")
+    if not p.exists():
+        raise CheckpointError(f"backbone.path={path} does not exist; expected {expected}")
+    if not p.is_dir():
+        raise CheckpointError(f"backbone.path={path} is a file, not a directory; expected {expected}")
+    cfg_file = p / "config.json"
+    if not cfg_file.is_file():
+        raise CheckpointError(f"no config.json in backbone.path={path}; expected {expected}")
+    try:
+        raw = json.loads(cfg_file.read_text())
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{cfg_file} is not readable JSON ({e}); re-download or re-save the model") from e
+    model_type = raw.get("model_type") if isinstance(raw, dict) else None
+    if model_type not in model_types:
+        want = " or ".join(repr(m) for m in model_types)
+        raise CheckpointError(f"{cfg_file} has model_type={model_type!r}, expected {want}: backbone.path must "
+                              f"hold {expected} (or set backbone.name to the family this model belongs to)")
+    if not any((p / f).is_file() for f in WEIGHT_FILES):
+        others = sorted(f.name for f in p.iterdir() if f.suffix in (".bin", ".pt", ".pth"))
+        hint = (f" (found {', '.join(others)}: cvsjepa reads safetensors only; re-save with "
+                f"save_pretrained(..., safe_serialization=True))") if others else ""
+        raise CheckpointError(f"no model.safetensors (or model.safetensors.index.json) in backbone.path={path}"
+                              f"{hint}; expected {expected}")
+    return p
+
+
+def read_model_type(path: Path) -> str:
+    return json.loads((Path(path) / "config.json").read_text()).get("model_type", "")
+
+
+def load_pretrained(model_cls: Any, path: Path, *, attn_implementation: str, family: str,
+                    required: Iterable[str] = ("",), optional_missing: Iterable[str] = ()) -> Any:
+    """``model_cls.from_pretrained(path)`` float32 in eval mode; CheckpointError on any problem.
+
+    ``required``: name prefixes whose missing weights are fatal (``""`` = all). ``optional_missing``:
+    exact names that may be missing without harm (e.g. DINOv2's ``embeddings.mask_token``, used only
+    in pre-training); they are logged.
+    """
+    try:
+        model, info = model_cls.from_pretrained(
+            str(path), local_files_only=True, attn_implementation=attn_implementation,
+            dtype=torch.float32,  # transformers 5 defaults to the file's dtype; fp32 master weights, autocast for speed
+            output_loading_info=True)
+    except Exception as e:  # corrupt file, shape mismatch between config.json and weights, ...
+        raise CheckpointError(f"could not load {family} weights from backbone.path={path}: {type(e).__name__}: "
+                              f"{str(e).strip()[:500]} (do config.json and the safetensors belong together?)") from e
+    all_missing = set(info.get("missing_keys", ()))
+    optional = set(optional_missing)
+    required = tuple(required)
+    missing = sorted(k for k in all_missing - optional if k.startswith(required))
+    if missing:
+        raise CheckpointError(f"backbone.path={path}: {len(missing)} encoder weights are missing from the "
+                              f"checkpoint, e.g. {', '.join(missing[:5])}; the directory is incomplete or not a "
+                              f"{family} encoder")
+    tolerated = sorted(all_missing - set(missing))
+    if tolerated:
+        log.info("%s: %d weights not in the checkpoint, randomly initialised and never used for the tokens: %s",
+                 path, len(tolerated), ", ".join(tolerated[:3]) + (" ..." if len(tolerated) > 3 else ""))
+    unexpected = sorted(info.get("unexpected_keys", ()))
+    if unexpected:
+        log.info("%s: ignored %d weights that are not part of %s, e.g. %s", path, len(unexpected),
+                 model_cls.__name__, ", ".join(unexpected[:3]))
+    return model.eval()
+
+
+def seeded_build(build: Any, seed: int) -> Any:
+    """``build()`` under a fixed seed on the CPU, without touching the caller's RNG: the same preset
+    is the same random model on every machine and device (tests and the feature store need that)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return build()
