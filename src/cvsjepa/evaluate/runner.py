@@ -1,0 +1,296 @@
+"""`cvsjepa evaluate`: score a run's best checkpoint on val or test and write the results into the run.
+
+    load RUN/checkpoints/best (and each --ensemble run's) -> re-index the data from the run's config
+    -> predict val and the evaluated split (TTA views averaged; ensemble members averaged)
+    -> thresholds on VAL by balanced accuracy -> metrics on the split -> bootstrap over videos
+    -> eval_<split>.json, thresholds.json, predictions_<split>.csv, pr_curves_<split>.png,
+       reliability_<split>.png
+
+Thresholds never see the evaluated split's labels unless that split is val itself (then the JSON
+says so: balanced accuracy and F1 on val are optimistic). Members are run one at a time, so an
+ensemble of ViT-L runs needs the memory of one.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .. import __version__
+from ..checkpoint import load_classifier, read_checkpoint_meta
+from ..config import RunConfig, from_dict
+from ..data.loaders import SplitData, build_splits
+from ..errors import CheckpointError, ConfigError
+from ..io import atomic_write_json
+from ..train.rundir import write_predictions
+from .bootstrap import bootstrap_ci
+from .calibration import ECE_BINS, reliability_bins
+from .figures import plot_pr_curves, plot_reliability, pr_curve
+from .inference import Predictions, predict_loader
+from .metrics import prevalence
+from .scores import (FULL_CVS_LABEL, FULL_CVS_SCORE, bootstrap_statistic, full_cvs, per_video_ap,
+                     per_video_summary, point_metrics)
+from .thresholds import balanced_accuracy, choose_thresholds
+from .tta import TTASettings, predict_tta
+
+log = logging.getLogger("cvsjepa")
+
+ROLES = ("val", "test")
+THRESHOLD_RULE = "per criterion, the threshold maximising balanced accuracy on val (evaluate/thresholds.py)"
+
+
+@dataclass
+class EvalResult:
+    run_dir: Path
+    split: str
+    files: dict[str, Path]
+    report: dict
+
+
+def best_checkpoint(run_dir: str | Path) -> Path:
+    """``RUN/checkpoints/best`` after checking RUN is a run directory that has one."""
+    run = Path(run_dir)
+    if not run.exists():
+        raise ConfigError(f"run directory {run} does not exist")
+    if not run.is_dir():
+        raise ConfigError(f"{run} is a file, not a run directory")
+    ckpt = run / "checkpoints" / "best"
+    if not (ckpt / "config.json").is_file():
+        raise CheckpointError(f"{run} has no best checkpoint ({ckpt / 'config.json'} is missing): is it a run "
+                              f"directory, and did training finish at least one epoch?")
+    return ckpt
+
+
+def run_config(run_dir: str | Path, data_root: str | None = None) -> tuple[RunConfig, dict]:
+    """The config a run's best checkpoint was trained with (``data.root`` replaced if given)."""
+    ckpt = best_checkpoint(run_dir)
+    meta = read_checkpoint_meta(ckpt)
+    cfg = from_dict(meta["config"], where=str(ckpt / "config.json"))
+    if data_root:
+        cfg.data.root = str(data_root)
+    return cfg, meta
+
+
+def load_run(run_dir: str | Path, device: torch.device, data_root: str | None = None):
+    """``(model, cfg, meta)`` of a run's best checkpoint, ``data.root`` replaced if given."""
+    model, cfg, meta = load_classifier(best_checkpoint(run_dir), device)
+    if data_root:
+        cfg.data.root = str(data_root)
+    return model, cfg, meta
+
+
+def role_split(cfg: RunConfig, role: str) -> str:
+    name = {"val": cfg.data.val_split, "test": cfg.data.test_split}[role]
+    if not name:
+        raise ConfigError(f"the run has no {role} split (data.{role}_split is empty in its config)")
+    return name
+
+
+def predict_split(model, cfg: RunConfig, split: SplitData, tta: TTASettings, device: torch.device,
+                  batch_size: int, desc: str, progress: bool) -> Predictions:
+    """Probabilities of one split: the plain loader without TTA, else the mean over TTA views."""
+    if tta.is_plain:
+        loader = split.loader(batch_size, False, cfg.data.num_workers)
+        return predict_loader(model, loader, device, desc=desc, progress=progress)
+    crop = model.backbone.crop_size
+    # a resized frame is ~2.5x a cropped one (854x480 frames); same RAM budget as training's cache
+    cache = max(64, cfg.data.frame_cache_mb * 2**20 // int(3 * crop * crop * 4 * 2.5) // 2)
+    return predict_tta(model, split.index, crop, cfg.data.stride, tta, device, batch_size, cfg.data.num_workers,
+                       cache, cfg.data.target, cfg.data.on_bad_sample, desc=desc, progress=progress)
+
+
+def check_same_samples(reference: list[str], other: list[str], ref_run: Path, run: Path, role: str) -> None:
+    if reference == other:
+        return
+    a, b = set(reference), set(other)
+    only = sorted(a - b)[:3] or sorted(b - a)[:3]
+    raise ConfigError(f"cannot ensemble {run} with {ref_run}: their {role} splits hold different keyframes "
+                      f"({len(other)} vs {len(reference)}; e.g. {', '.join(only) or 'same ids in another order'}); "
+                      f"members must be indexed on the same data (data.root, splits, limit_per_split)")
+
+
+def predict_members(runs: list[Path], roles: tuple[str, ...], tta: TTASettings, device: torch.device,
+                    batch_size: int | None, data_root: str | None, progress: bool) -> dict[str, Predictions]:
+    """Per role, the mean probability over the members (one member = no ensemble)."""
+    # Index every member first (cheap, no model): refuse a mismatch before any forward pass.
+    ids: dict[str, list[str]] = {}
+    for run in runs if len(runs) > 1 else ():
+        cfg, meta = run_config(run, data_root)
+        crop = int(meta["backbone"]["crop_size"])
+        for role, sd in build_splits(cfg, crop, roles=roles).items():
+            sids = [s.sample_id for s in sd.index.samples]
+            check_same_samples(ids.setdefault(role, sids), sids, runs[0], run, role)
+    summed: dict[str, Predictions] = {}
+    for i, run in enumerate(runs):
+        model, cfg, _ = load_run(run, device, data_root)
+        splits = build_splits(cfg, model.backbone.crop_size, roles=roles)
+        bs = batch_size or cfg.train.batch_size
+        for role in roles:
+            tag = f"{role}" + (f" [{i + 1}/{len(runs)}]" if len(runs) > 1 else "")
+            p = predict_split(model, cfg, splits[role], tta, device, bs, tag, progress)
+            if role not in summed:
+                summed[role] = p
+                continue
+            check_same_samples(summed[role].sample_ids, p.sample_ids, runs[0], run, role)
+            summed[role].probs = summed[role].probs + p.probs
+        del model
+    for p in summed.values():
+        p.probs = p.probs / len(runs)
+    return summed
+
+
+def undefined_on_val(val: Predictions, names: tuple[str, ...]) -> list[str]:
+    """Criteria whose val labels are all 0 or all 1: no threshold can be chosen, 0.5 is used."""
+    pos = val.labels.round().sum(dim=0)
+    return [n for c, n in enumerate(names) if pos[c] == 0 or pos[c] == len(val.labels)]
+
+
+def output_tag(tta: TTASettings, n_members: int, tag: str | None) -> str:
+    """File-name suffix: empty for the plain setting, else e.g. ``tta3x2_ens3`` (or the user's tag),
+    so TTA or ensemble results never overwrite the plain ones."""
+    if tag is not None:
+        if tag and not re.fullmatch(r"[A-Za-z0-9_.-]+", tag):
+            raise ConfigError(f"--tag {tag!r} must be letters, digits, '_', '-' or '.' (it becomes part of file names)")
+        return tag
+    parts = ([] if tta.is_plain else [f"tta{tta.views}x{len(tta.offsets)}"]) + ([f"ens{n_members}"] if n_members > 1 else [])
+    return "_".join(parts)
+
+
+def evaluate_run(run_dir: str | Path, split: str = "test", tta: TTASettings = TTASettings(),
+                 ensemble: list[str | Path] = (), per_video: bool = False, bootstrap: int = 1000, seed: int = 0,
+                 device: str = "auto", batch_size: int | None = None, data_root: str | None = None,
+                 tag: str | None = None, progress: bool = True) -> EvalResult:
+    from ..train.loop import resolve_device
+
+    t0 = time.time()
+    if split not in ROLES:
+        raise ConfigError(f"--split must be one of {', '.join(ROLES)}, got {split!r}")
+    if bootstrap < 0:
+        raise ConfigError(f"--bootstrap must be >= 0 (0 = no confidence intervals), got {bootstrap}")
+    run = Path(run_dir)
+    runs = [run] + [Path(r) for r in ensemble]
+    if len(set(map(str, (r.resolve() for r in runs)))) < len(runs):
+        raise ConfigError("an ensemble member is listed twice (RUN itself counts as the first member)")
+    cfgs = [run_config(r, data_root) for r in runs]  # every run checked before any work
+    cfg, meta = cfgs[0]
+    for role in ("val", split):
+        role_split(cfg, role)
+    names = tuple(cfg.data.criteria)
+    dev = resolve_device(device)
+    roles = ("val",) if split == "val" else ("val", split)
+
+    preds = predict_members(runs, roles, tta, dev, batch_size, data_root, progress)
+    val, ev = preds["val"], preds[split]
+    if len(ev.sample_ids) == 0:
+        raise ConfigError(f"the {split} split has no keyframe to evaluate")
+    thresholds = choose_thresholds(val.probs, val.labels)  # val labels only, by construction
+    log.info("thresholds chosen on val (%d keyframes): %s", len(val.sample_ids),
+             ", ".join(f"{n} {t:.3f}" for n, t in zip(names, thresholds)))
+    report = build_report(ev, val, thresholds, names, per_video, bootstrap, seed, progress)
+    report = {
+        "run": str(run), "split": split, "split_name": role_split(cfg, split),
+        "checkpoint": {"path": str(run / "checkpoints" / "best"), "epoch": meta.get("epoch"),
+                       "val_map_at_training": meta.get("val_map")},
+        "backbone": (meta.get("backbone") or {}).get("name"),
+        **report,
+        "thresholds": {"values": thresholds, "chosen_on": "val", "val_split": cfg.data.val_split,
+                       "rule": THRESHOLD_RULE, "undefined_on_val": undefined_on_val(val, names),
+                       "note": ("the evaluated split is val itself: the thresholds were chosen on these labels, so "
+                                "balanced accuracy and F1 are optimistic") if split == "val" else
+                               f"chosen on val, applied unchanged to {split}"},
+        "tta": tta.describe(),
+        "ensemble": {"runs": [str(r) for r in runs], "average": "mean of the members' probabilities"}
+        if len(runs) > 1 else None,
+        "cvsjepa_version": __version__,
+    }
+    suffix = output_tag(tta, len(runs), tag)
+    files = write_outputs(run, split, suffix, report, preds, thresholds, val, names, cfg)
+    report["seconds"] = round(time.time() - t0, 1)
+    atomic_write_json(files["json"], json_safe(report))
+    return EvalResult(run, split, files, report)
+
+
+def build_report(ev: Predictions, val: Predictions, thresholds: list[float], names: tuple[str, ...],
+                 per_video: bool, n_boot: int, seed: int, progress: bool) -> dict:
+    """Metrics, bootstrap CIs, per-video aggregation and the figure data of one evaluated split."""
+    metrics = point_metrics(ev.probs, ev.labels, thresholds, names)
+    pv_rows = per_video_ap(ev.probs, ev.labels, ev.video_ids, names) if per_video else None
+    if pv_rows is not None:
+        metrics["per_video_map"] = per_video_summary(pv_rows, names)["map"]
+    ci, boot = {}, None
+    if n_boot > 0:
+        stat = bootstrap_statistic(ev.probs, ev.labels, ev.video_ids, thresholds, pv_rows, names)
+        res = bootstrap_ci(stat, ev.video_ids, n_boot, seed, progress=progress)
+        ci = {k: v["ci"] for k, v in res.items()}
+        boot = {"unit": "video", "resamples": n_boot, "seed": seed, "method": "percentile", "level": 0.95,
+                "undefined_resamples": {k: v["undefined"] for k, v in res.items() if v["undefined"]},
+                "note": "each resample draws the split's videos with replacement and keeps all their keyframes"}
+    score, full = full_cvs(ev.probs, ev.labels)
+    prev = prevalence(ev.labels)
+    curves = {n: {**pr_curve(ev.probs[:, c], ev.labels[:, c]), "ap": metrics[f"ap_{n}"], "prevalence": prev[c],
+                  "n_pos": int(ev.labels[:, c].round().sum())} for c, n in enumerate(names)}
+    curves["full CVS"] = {**pr_curve(score, full), "ap": metrics["full_cvs_ap"], "prevalence": float(full.mean()),
+                          "n_pos": int(full.sum())}
+    bins = {n: reliability_bins(ev.probs[:, c], ev.labels[:, c], ECE_BINS) for c, n in enumerate(names)}
+    val_pred = val.probs >= torch.tensor(thresholds)
+    return {
+        "n_samples": len(ev.sample_ids), "n_videos": len(set(ev.video_ids)),
+        "n_val_samples": len(val.sample_ids), "n_val_videos": len(set(val.video_ids)),
+        "criteria": list(names),
+        "prevalence": {n: p for n, p in zip(names, prev)},
+        "metrics": metrics,
+        "ci95": ci,
+        "bootstrap": boot,
+        "full_cvs": {"score": FULL_CVS_SCORE, "label": FULL_CVS_LABEL, "n_pos": int(full.sum())},
+        "ece": {"bins": ECE_BINS, "binning": "equal width on [0, 1]; per criterion on its own probability"},
+        "val_balanced_accuracy_at_thresholds": [balanced_accuracy(val_pred[:, c], val.labels[:, c])
+                                                for c in range(len(names))],
+        "per_video": ({**per_video_summary(pv_rows, names), "videos": pv_rows} if pv_rows is not None else None),
+        "figures": {"pr_curves": curves, "reliability": {n: b.as_dict() for n, b in bins.items()}},
+    }
+
+
+def write_outputs(run: Path, split: str, suffix: str, report: dict, preds: dict[str, Predictions],
+                  thresholds: list[float], val: Predictions, names: tuple[str, ...], cfg: RunConfig) -> dict:
+    sfx = f"_{suffix}" if suffix else ""
+    files = {"json": run / f"eval_{split}{sfx}.json", "thresholds": run / f"thresholds{sfx}.json",
+             "pr_curves": run / f"pr_curves_{split}{sfx}.png", "reliability": run / f"reliability_{split}{sfx}.png"}
+    for role, p in preds.items():
+        files[f"predictions_{role}"] = run / f"predictions_{role}{sfx}.csv"
+        write_predictions(files[f"predictions_{role}"], p.sample_ids, p.video_ids, p.frames, p.labels,
+                          p.rater_means, p.probs, names)
+    atomic_write_json(files["thresholds"], json_safe({
+        "criteria": list(names), "thresholds": thresholds, "chosen_on": "val", "val_split": cfg.data.val_split,
+        "rule": THRESHOLD_RULE, "undefined_on_val": undefined_on_val(val, names),
+        "n_val_samples": len(val.sample_ids), "n_val_videos": len(set(val.video_ids)),
+        "val_balanced_accuracy": report["val_balanced_accuracy_at_thresholds"],
+        "tta": report["tta"], "ensemble": report["ensemble"], "written_by": f"cvsjepa evaluate {__version__}",
+        "note": "predictions are positive when prob >= threshold; use them with the same TTA/ensemble settings"}))
+    title = (f"{run.name} - {split} ({report['n_samples']} keyframes, {report['n_videos']} videos)"
+             + (f" [{suffix}]" if suffix else ""))
+    plot_pr_curves(files["pr_curves"], report["figures"]["pr_curves"], f"Precision-recall, {title}")
+    bins = {n: reliability_bins(preds[split].probs[:, c], preds[split].labels[:, c], ECE_BINS)
+            for c, n in enumerate(names)}
+    plot_reliability(files["reliability"], bins, {n: report["metrics"][f"ece_{n}"] for n in names},
+                     f"Reliability ({ECE_BINS} bins), {title}")
+    report["files"] = {k: str(v) for k, v in files.items()}
+    return files
+
+
+def json_safe(obj):
+    """NaN/inf -> None, recursively, so the JSON is strict (readable by any JSON parser)."""
+    if hasattr(obj, "item") and getattr(obj, "ndim", 1) == 0:  # numpy / torch scalars
+        obj = obj.item()
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    return obj
