@@ -37,7 +37,11 @@ class CVSClassifier(nn.Module):
             return self.backbone.extract(batch["video"])
         return self.backbone(batch["video"])
 
-    def forward(self, batch: dict, return_attention: bool = False):
+    def forward(self, batch: dict, return_attention: bool = False, multitask: bool = False):
+        """CVS logits [B, 3] (with ``return_attention`` also the head's attention); with ``multitask``
+        the pair (logits, segmentation logits or None), through forward() so DDP sees it."""
+        if multitask:
+            return self.forward_multitask(batch)
         return self.head(self.tokens(batch), return_attention=return_attention)
 
     def forward_multitask(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor | None]:

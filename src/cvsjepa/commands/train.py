@@ -19,13 +19,40 @@ def add_parser(sub) -> None:
     t.add_argument("--resume", metavar="RUN",
                    help="continue RUN from its last complete epoch with its saved config.yaml "
                         "(same as: cvsjepa train RUN/config.yaml out=RUN resume=true)")
+    t.add_argument("--nproc", type=int, default=1, metavar="N",
+                   help="train with N processes on this node through torchrun (DDP; one GPU each, or gloo on "
+                        "CPU); train.batch_size is the global batch. For several nodes call torchrun yourself: "
+                        "see docs/scaling.md")
     t.add_argument("--dry-run", action="store_true",
                    help="build the model (random weights when backbone.path is empty) without data or training "
                         "and print one JSON object: trainable_params, total_params, breakdown by part")
     t.set_defaults(func=run)
 
 
+def _launch_torchrun(nproc: int) -> int:
+    """Re-run this command under torchrun with ``nproc`` processes (same arguments, minus --nproc)."""
+    import subprocess
+    import sys
+
+    argv, skip = [], False
+    for a in sys.argv[1:]:
+        if skip:
+            skip = False
+            continue
+        if a == "--nproc":
+            skip = True
+            continue
+        if a.startswith("--nproc="):
+            continue
+        argv.append(a)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+           "-m", "cvsjepa", *argv]
+    return subprocess.call(cmd)
+
+
 def run(args) -> int:
+    if args.nproc > 1:
+        return _launch_torchrun(args.nproc)
     from ..config import load_config
     from ..errors import ConfigError
     from ..train.loop import dry_run, train

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from .. import __version__
@@ -37,6 +38,7 @@ from ..backbones import build_backbone
 from ..checkpoint import load_weights_strict, restore_weights, save_classifier
 from ..config import RunConfig
 from ..errors import ConfigError
+from ..data.dataset import collate_skip_none
 from ..evaluate.inference import Predictions, move_batch, predict_loader
 from ..evaluate.metrics import cvs_average_precision, prevalence
 from ..heads import build_head
@@ -47,7 +49,8 @@ from ..model import CVSClassifier, build_seg_head, count_params
 from .losses import build_loss
 from .mixing import mix_batch
 from .rundir import create_run_dir, open_run_dir_for_resume, plot_training_curve, write_metrics, write_predictions
-from .sampling import build_sampler
+from . import distributed
+from .sampling import balanced_weights
 from .schedule import warmup_cosine
 
 log = logging.getLogger("cvsjepa")
@@ -192,15 +195,16 @@ def train_one_epoch(model, loader, loss_fn, optimizer, scheduler, device, cfg: R
             continue
         batch = move_batch(batch, device)
         batch = mix_batch(batch, cfg.train.mixup_alpha, cfg.train.cutmix_alpha, cfg.train.mix_prob, mix_gen)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            logits, seg_logits = model.forward_multitask(batch)
-        logits = logits.float()
-        loss = loss_fn(logits, batch["target"])
-        if seg_logits is not None:  # multi-task: only samples with a mask count (exp8 weight 0.5)
-            loss = loss + cfg.seg.weight * masked_seg_loss(seg_logits.float(), batch["mask"], batch["has_mask"])
-        if not guard.check(loss, epoch, micro + 1, batch):
-            continue
-        (loss / grad_accum).backward()
+        step_now = (micro + 1) % grad_accum == 0
+        with distributed.no_sync(model, sync=step_now), \
+                torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            logits, seg_logits = model(batch, multitask=True)
+            loss = loss_fn(logits, batch["target"])
+            if seg_logits is not None:  # multi-task: only samples with a mask count (exp8 weight 0.5)
+                loss = loss + cfg.seg.weight * masked_seg_loss(seg_logits.float(), batch["mask"], batch["has_mask"])
+            if not guard.check(loss, epoch, micro + 1, batch):
+                continue
+            (loss / grad_accum).backward()
         micro += 1
         if micro % grad_accum == 0:
             _optimizer_step(model, optimizer, scheduler, cfg.train.grad_clip)
@@ -214,7 +218,9 @@ def train_one_epoch(model, loader, loss_fn, optimizer, scheduler, device, cfg: R
         _optimizer_step(model, optimizer, scheduler, cfg.train.grad_clip)
     if n == 0:
         raise RuntimeError("the training loader produced no sample (every batch skipped?)")
-    return loss_sum / n, cvs_average_precision(torch.cat(probs), torch.cat(labels)).map
+    mean_loss, _ = distributed.all_reduce_mean(loss_sum / n, n)
+    parts = distributed.gather_objects((torch.cat(probs), torch.cat(labels)))  # train mAP over all ranks
+    return mean_loss, cvs_average_precision(torch.cat([p for p, _ in parts]), torch.cat([y for _, y in parts])).map
 
 
 def _optimizer_step(model, optimizer, scheduler, grad_clip: float) -> None:
@@ -241,7 +247,7 @@ def train(cfg: RunConfig, progress: bool = True) -> TrainResult:
     if not cfg.data.root:
         raise ConfigError("data.root is not set: pass data.root=/path/to/endoscapes (or a `cvsjepa synth` folder)")
     seed_everything(cfg.seed)
-    device = resolve_device(cfg.train.device)
+    device = distributed.setup() or resolve_device(cfg.train.device)
     model = build_model(cfg, device)
     splits = load_data(cfg, model.backbone.crop_size)
     if "train" not in splits or "val" not in splits:
@@ -260,15 +266,17 @@ def train(cfg: RunConfig, progress: bool = True) -> TrainResult:
         load_weights_strict(model, load_safetensors(run_dir / "checkpoints" / "last.safetensors"),
                             run_dir / "checkpoints" / "last.safetensors")
     else:
-        run_dir = create_run_dir(cfg)
-    file_log = logging.FileHandler(run_dir / "train.log")
+        run_dir = create_run_dir(cfg) if distributed.is_main() else None
+        run_dir = Path(distributed.gather_objects(str(run_dir))[0])  # rank 0 named it
+    file_log = logging.FileHandler(run_dir / "train.log") if distributed.is_main() else logging.NullHandler()
     file_log.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     log.addHandler(file_log)
     try:
-        return _fit(cfg, model, splits, run_dir, device, t0, progress, resume)
+        return _fit(cfg, model, splits, run_dir, device, t0, progress and distributed.is_main(), resume)
     finally:
         log.removeHandler(file_log)
         file_log.close()
+        distributed.teardown()
 
 
 def _stage_plans(cfg: RunConfig) -> list[StagePlan]:
@@ -301,7 +309,9 @@ def _fit(cfg, model, splits, run_dir, device, t0, progress, resume: dict | None 
 
     summary = _finish(cfg, model, splits, run_dir, device, state, progress)
     summary["seconds"] = round(time.time() - t0, 1)
-    atomic_write_json(run_dir / "summary.json", summary)
+    summary["world_size"] = distributed.world()[1]
+    if distributed.is_main():
+        atomic_write_json(run_dir / "summary.json", summary)
     log.info("best val mAP %.4f (stage %s, epoch %s); run directory %s", state.best_map, state.best_stage,
              state.best_epoch, run_dir)
     return TrainResult(run_dir, summary)
@@ -310,12 +320,14 @@ def _fit(cfg, model, splits, run_dir, device, t0, progress, resume: dict | None 
 def _enter_stage2(cfg: RunConfig, model: CVSClassifier, run_dir: Path, state: Progress) -> None:
     """Stage 2 starts from stage 1's best weights, then opens the backbone (exp9)."""
     best_dir = run_dir / "checkpoints" / "best"
+    distributed.barrier()
     restore_weights(model, best_dir)
-    shutil.copytree(best_dir, run_dir / "checkpoints" / "stage1_best", dirs_exist_ok=True)
     apply_adaptation(model.backbone, cfg.adapt, mode=cfg.stage2.mode, unfreeze_last=cfg.stage2.unfreeze_last)
     model.to(next(model.head.parameters()).device)
-    # re-save stage 1's best in stage 2's structure, so `best` always loads into the final model
-    save_classifier(best_dir, model, cfg, extra={"epoch": state.best_epoch, "stage": 1, "val_map": state.best_map})
+    if distributed.is_main():
+        shutil.copytree(best_dir, run_dir / "checkpoints" / "stage1_best", dirs_exist_ok=True)
+        # re-save stage 1's best in stage 2's structure, so `best` always loads into the final model
+        save_classifier(best_dir, model, cfg, extra={"epoch": state.best_epoch, "stage": 1, "val_map": state.best_map})
     state.bad_epochs = 0
     log.info("stage 2: %s (last %d block(s)), backbone lr %.1e, head lr %.1e, from stage 1's best (epoch %s)",
              cfg.stage2.mode, cfg.stage2.unfreeze_last, cfg.stage2.backbone_lr, cfg.stage2.lr, state.best_epoch)
@@ -323,14 +335,16 @@ def _enter_stage2(cfg: RunConfig, model: CVSClassifier, run_dir: Path, state: Pr
 
 def _run_stage(cfg, plan: StagePlan, model, splits, run_dir, device, state: Progress, progress,
                resume: dict | None = None) -> None:
-    gen = torch.Generator().manual_seed(cfg.seed + 1000 * (plan.stage - 1))
-    mix_gen = torch.Generator().manual_seed(cfg.seed + 7)
+    mix_gen = torch.Generator().manual_seed(cfg.seed + 7 + 1000 * distributed.world()[0])
     train_split = splits["train"]
-    sampler = build_sampler(cfg.train.sampler, _labels(train_split), gen)
-    train_loader = train_split.loader(plan.batch_size, sampler is None, cfg.data.num_workers, gen, sampler=sampler)
-    val_loader = splits["val"].loader(plan.batch_size, False, cfg.data.num_workers)
+    weights = balanced_weights(_labels(train_split)) if cfg.train.sampler == "balanced" else None
+    sampler = distributed.GlobalBatchSampler(len(train_split.dataset), plan.batch_size,
+                                             cfg.seed + 1000 * (plan.stage - 1), weights)
+    train_loader = DataLoader(train_split.dataset, batch_sampler=sampler, num_workers=cfg.data.num_workers,
+                              collate_fn=collate_skip_none)
     loss_fn = build_loss(cfg.loss).to(device)
     optimizer = build_optimizer(model, cfg, plan.head_lr, plan.backbone_lr)
+    trained = _wrap_ddp(model, cfg, device)
     steps_per_epoch = math.ceil(len(train_loader) / plan.grad_accum)
     total_steps = steps_per_epoch * plan.epochs
     warmup_steps = round(plan.warmup_epochs * steps_per_epoch)
@@ -340,8 +354,8 @@ def _run_stage(cfg, plan: StagePlan, model, splits, run_dir, device, state: Prog
     if resume:  # continue exactly where the interrupted process stopped
         optimizer.load_state_dict(resume["optimizer"])
         scheduler.load_state_dict(resume["scheduler"])
-        gen.set_state(resume["sampler_rng"])
-        mix_gen.set_state(resume["mix_rng"])
+        if distributed.world()[1] == resume.get("world_size", 1):  # per-rank streams; else they restart
+            mix_gen.set_state(resume["mix_rng"])
         torch.set_rng_state(resume["torch_rng"])
         done = resume["stage_epochs_done"]
     best_dir = run_dir / "checkpoints" / "best"
@@ -351,28 +365,32 @@ def _run_stage(cfg, plan: StagePlan, model, splits, run_dir, device, state: Prog
         epoch = len(state.rows) + 1
         te = time.time()
         lrs = _group_lrs(optimizer)
-        train_loss, train_map = train_one_epoch(model, train_loader, loss_fn, optimizer, scheduler, device, cfg,
+        sampler.set_epoch(epoch)
+        train_loss, train_map = train_one_epoch(trained, train_loader, loss_fn, optimizer, scheduler, device, cfg,
                                                 plan.grad_accum, epoch, mix_gen, progress, guard)
-        seg_cm = ConfusionMatrix(len(cfg.seg.classes)) if model.seg_head is not None else None
-        val = predict_loader(model, val_loader, device, loss_fn, desc="val", progress=progress, seg_confusion=seg_cm)
+        val, seg_cm = predict_split(model, splits["val"], cfg, device, plan.batch_size, loss_fn, "val", progress)
         val_ap = val.ap()
         state.rows.append({"epoch": epoch, "stage": plan.stage, "train_loss": train_loss, "train_map": train_map,
                            "val_loss": val.loss, "val_map": val_ap.map, "seconds": time.time() - te, **lrs,
                            **{f"val_ap_{c}": a for c, a in zip(CRITERIA, val_ap.ap)}, **_seg_columns(cfg, seg_cm)})
-        write_metrics(run_dir, state.rows)
+        if distributed.is_main():
+            write_metrics(run_dir, state.rows)
         score = val_ap.map if not math.isnan(val_ap.map) else -math.inf
         state.stage_best[plan.stage] = max(state.stage_best[plan.stage], score)
         improved = score > state.best_map
         if improved:
             state.best_map, state.best_epoch, state.best_stage, state.bad_epochs = score, epoch, plan.stage, 0
-            save_classifier(best_dir, model, cfg, extra={"epoch": epoch, "stage": plan.stage, "val_map": score})
+            if distributed.is_main():
+                save_classifier(best_dir, model, cfg, extra={"epoch": epoch, "stage": plan.stage, "val_map": score})
         else:
             state.bad_epochs += 1
         stop = bool(plan.patience and state.bad_epochs >= plan.patience)
-        _save_last(run_dir, model, optimizer, scheduler, state, {
-            "epoch": epoch, "stage": plan.stage, "stage_epochs_done": stage_epoch,
-            "stage_done": stop or stage_epoch == plan.epochs,
-            "sampler_rng": gen.get_state(), "mix_rng": mix_gen.get_state(), "torch_rng": torch.get_rng_state()})
+        if distributed.is_main():
+            _save_last(run_dir, model, optimizer, scheduler, state, {
+                "epoch": epoch, "stage": plan.stage, "stage_epochs_done": stage_epoch,
+                "stage_done": stop or stage_epoch == plan.epochs, "world_size": distributed.world()[1],
+                "mix_rng": mix_gen.get_state(), "torch_rng": torch.get_rng_state()})
+        distributed.barrier()  # no rank runs ahead of the checkpoint it may need
         log.info("epoch %d (stage %d): train loss %.4f mAP %.4f | val loss %.4f mAP %.4f AP %s%s", epoch,
                  plan.stage, train_loss, train_map, val.loss, val_ap.map, [round(a, 4) for a in val_ap.ap],
                  "  *best*" if improved else "")
@@ -380,6 +398,48 @@ def _run_stage(cfg, plan: StagePlan, model, splits, run_dir, device, state: Prog
             log.info("early stop (stage %d): val mAP has not improved for %d epochs (best %.4f at epoch %s)",
                      plan.stage, state.bad_epochs, state.best_map, state.best_epoch)
             break
+
+
+def _wrap_ddp(model: CVSClassifier, cfg: RunConfig, device: torch.device):
+    """DDP around the classifier when several processes train; adapters and partially unfrozen
+    backbones may leave parameters without a gradient in a step, hence find_unused_parameters."""
+    if distributed.world()[1] == 1:
+        return model
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    return DDP(model, device_ids=[device.index] if device.type == "cuda" else None,
+               find_unused_parameters=cfg.adapt.mode != "frozen" or cfg.seg.enabled)
+
+
+def predict_split(model: CVSClassifier, split, cfg: RunConfig, device, batch_size: int, loss_fn=None,
+                  desc: str = "eval", progress: bool = True) -> tuple[Predictions, ConfusionMatrix | None]:
+    """Predictions for every sample of a split exactly once: each rank scores its strided shard (no
+    padding), then the shards are gathered and put back in dataset order."""
+    from torch.utils.data import Subset
+
+    idx = distributed.shard(len(split.dataset))
+    loader = DataLoader(Subset(split.dataset, idx), batch_size=batch_size, shuffle=False,
+                        num_workers=cfg.data.num_workers, collate_fn=collate_skip_none)
+    cm = ConfusionMatrix(len(cfg.seg.classes)) if model.seg_head is not None else None
+    preds = predict_loader(model, loader, device, loss_fn, desc=desc, progress=progress, seg_confusion=cm)
+    parts = distributed.gather_objects((preds, cm.m if cm is not None else None))
+    if len(parts) > 1:
+        preds = _merge_predictions([p for p, _ in parts])
+        if cm is not None:
+            cm.m = sum(m for _, m in parts)
+    return preds, cm
+
+
+def _merge_predictions(parts: list[Predictions]) -> Predictions:
+    """Interleave strided shards back into dataset order (rank r held indices r, r + W, ...)."""
+    w, n = len(parts), sum(len(p.sample_ids) for p in parts)
+    order = [(i % w, i // w) for i in range(n)]
+    pick = lambda attr: [getattr(parts[r], attr)[j] for r, j in order]  # noqa: E731
+    stack = lambda attr: torch.stack(pick(attr)) if n else torch.zeros(0, 3)  # noqa: E731
+    losses = [(p.loss, len(p.sample_ids)) for p in parts if len(p.sample_ids)]
+    loss = sum(l * k for l, k in losses) / max(1, sum(k for _, k in losses))
+    return Predictions(pick("sample_ids"), pick("video_ids"), pick("frames"), stack("labels"),
+                       stack("rater_means"), stack("probs"), loss)
 
 
 def seg_class_names(cfg: RunConfig) -> list[str]:
@@ -434,6 +494,7 @@ def _git_hash() -> str | None:
 def _finish(cfg, model, splits, run_dir, device, state: Progress, progress) -> dict:
     """Reload the best weights, score val (and test), write predictions, the plot and the summary."""
     best_dir = run_dir / "checkpoints" / "best"
+    distributed.barrier()
     if state.best_epoch is not None:
         restore_weights(model, best_dir)
     trainable, total = count_params(model)
@@ -451,9 +512,7 @@ def _finish(cfg, model, splits, run_dir, device, state: Progress, progress) -> d
     for role in ("val", "test"):
         if role not in splits or (role == "test" and not cfg.train.eval_test):
             continue
-        loader = splits[role].loader(cfg.train.batch_size, False, cfg.data.num_workers)
-        seg_cm = ConfusionMatrix(len(cfg.seg.classes)) if model.seg_head is not None else None
-        preds: Predictions = predict_loader(model, loader, device, desc=role, progress=progress, seg_confusion=seg_cm)
+        preds, seg_cm = predict_split(model, splits[role], cfg, device, cfg.train.batch_size, None, role, progress)
         if seg_cm is not None:
             summary[f"{role}_seg"] = {"miou": seg_cm.miou(), "constant_miou": constant_prediction_miou(seg_cm),
                                       "iou": dict(zip(seg_class_names(cfg), seg_cm.iou())), "pixels": seg_cm.pixels}
@@ -463,10 +522,11 @@ def _finish(cfg, model, splits, run_dir, device, state: Progress, progress) -> d
         summary[f"{role}_prevalence"] = prevalence(preds.labels)
         if oracle and splits[role].index.split in oracle:
             summary[f"{role}_oracle_map"] = oracle[splits[role].index.split]["map"]
-        write_predictions(run_dir / f"predictions_{role}.csv", preds.sample_ids, preds.video_ids, preds.frames,
-                          preds.labels, preds.rater_means, preds.probs, tuple(cfg.data.criteria))
+        if distributed.is_main():
+            write_predictions(run_dir / f"predictions_{role}.csv", preds.sample_ids, preds.video_ids, preds.frames,
+                              preds.labels, preds.rater_means, preds.probs, tuple(cfg.data.criteria))
     summary["best_val_map"] = summary.get("val_map")
-    if state.rows:
+    if state.rows and distributed.is_main():
         best_row = next(r for r in state.rows if r["epoch"] == state.best_epoch) if state.best_epoch else None
         summary["train_val_gap_at_best"] = (best_row["train_map"] - best_row["val_map"]) if best_row else None
         plot_training_curve(run_dir, state.rows, state.best_epoch, f"{cfg.name} - {model.backbone.name}")

@@ -1,9 +1,8 @@
-"""Training samplers: random (the log's best) or class-balanced (exp4)."""
+"""Class-balanced sampling weights (exp4); `train.distributed.GlobalBatchSampler` draws with them."""
 
 from __future__ import annotations
 
 import torch
-from torch.utils.data import WeightedRandomSampler
 
 
 def balanced_weights(labels: torch.Tensor) -> torch.Tensor:
@@ -20,11 +19,3 @@ def balanced_weights(labels: torch.Tensor) -> torch.Tensor:
     neg = (1 - labels).sum(0).clamp(min=1)
     w = labels / (2 * pos) + (1 - labels) / (2 * neg)
     return w.mean(1)
-
-
-def build_sampler(kind: str, labels: torch.Tensor, generator: torch.Generator) -> WeightedRandomSampler | None:
-    """None means plain shuffling."""
-    if kind == "random":
-        return None
-    w = balanced_weights(labels)
-    return WeightedRandomSampler(w.double(), num_samples=len(w), replacement=True, generator=generator)
