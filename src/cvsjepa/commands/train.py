@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 from ._common import CONFIG_HELP, split_config_args
 
@@ -67,6 +68,8 @@ def run(args) -> int:
         print(json.dumps(dry_run(cfg), indent=2))
         return 0
     result = train(cfg, progress=not args.no_progress)
+    if os.environ.get("RANK", "0") != "0":  # under torchrun only rank 0 reports
+        return 0
     s = result.summary
     print(f"best val mAP {s['best_val_map']:.4f} at epoch {s['best_epoch']}"
           + (f" | test mAP {s['test_map']:.4f}" if s.get("test_map") is not None else "")
