@@ -66,7 +66,7 @@ def test_lora_changes_only_adapters_and_head(synth_root):
     assert lora_modules and all(".encoder.layer." in n and n.endswith((".query", ".value")) for n in lora_modules)
 
 
-@pytest.mark.parametrize("r,targets", [(4, ["query", "value"]), (8, ["query", "key", "value"]), (2, ["proj"])])
+@pytest.mark.parametrize("r,targets", [(4, ["query", "value"]), (8, ["q_proj", "k_proj", "v_proj"]), (2, ["output"])])
 def test_lora_count_matches_formula(r, targets, synth_root):
     cfg, model = _model(["adapt.mode=lora", f"adapt.lora_r={r}", f"adapt.lora_targets=[{','.join(targets)}]"],
                         synth_root)
@@ -82,7 +82,17 @@ def test_bad_lora_target_is_a_config_error(synth_root):
     from cvsjepa.errors import ConfigError
 
     with pytest.raises(ConfigError, match="lora_targets"):
-        _model(["adapt.mode=lora", "adapt.lora_targets=[q_proj]"], synth_root)
+        _model(["adapt.mode=lora", "adapt.lora_targets=[qkv]"], synth_root)
+
+
+@pytest.mark.parametrize("family", ["videomae", "dinov2"])
+def test_lora_reaches_other_families(family, synth_root):
+    frames = "16" if family == "videomae" else "4"
+    cfg, model = _model([f"backbone.name={family}", f"data.frames={frames}", "adapt.mode=lora", "adapt.lora_r=2"],
+                        synth_root)
+    wrapped = {n.rsplit(".lora_", 1)[0] for n, _ in model.named_parameters() if "lora_" in n}
+    layers = len(list(model.backbone.encoder_blocks()))
+    assert len(wrapped) == 2 * layers  # query and value of every encoder block
 
 
 @pytest.mark.parametrize("n", [1, 2])

@@ -39,10 +39,25 @@ def encoder_blocks(backbone: nn.Module) -> nn.ModuleList:
     return blocks
 
 
-def lora_target_regex(targets: list[str]) -> str:
-    """Full-name regex for peft: encoder attention projections only (never the predictor)."""
-    names = "|".join(re.escape(t) for t in targets)
-    return rf"(.*\.)?encoder\.layer\.\d+\.attention\.({names})"
+_ROLE_ALIASES = {"q_proj": "query", "k_proj": "key", "v_proj": "value", "proj": "output", "o_proj": "output"}
+
+
+def lora_target_regex(targets: list[str], attention_modules: dict[str, str] | None = None) -> str:
+    """Full-name regex for peft: the encoder blocks' attention projections only (never the predictor).
+
+    ``targets`` are roles (query, key, value, output; the log's q_proj/k_proj/v_proj are accepted),
+    mapped to each family's module paths through the backbone's ``attention_modules``.
+    """
+    modules = attention_modules or {"query": "attention.query", "key": "attention.key",
+                                    "value": "attention.value", "output": "attention.proj"}
+    paths = []
+    for t in targets:
+        role = _ROLE_ALIASES.get(t, t)
+        if role not in modules:
+            raise ConfigError(f"adapt.lora_targets: {t!r} is not one of {', '.join(modules)} "
+                              f"(or the log's q_proj, k_proj, v_proj)")
+        paths.append(re.escape(modules[role]))
+    return rf"(.*\.)?encoder\.layer\.\d+\.({'|'.join(paths)})"
 
 
 def apply_adaptation(backbone: nn.Module, cfg: AdaptConfig, mode: str | None = None,
@@ -76,7 +91,8 @@ def add_lora(backbone: nn.Module, cfg: AdaptConfig) -> None:
     from peft import LoraConfig, get_peft_model
 
     lora_cfg = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                          target_modules=lora_target_regex(cfg.lora_targets), bias="none")
+                          target_modules=lora_target_regex(cfg.lora_targets, getattr(backbone, "attention_modules", None)),
+                          bias="none")
     try:
         with warnings.catch_warnings():  # peft probes a deprecated transformers attribute
             warnings.simplefilter("ignore", FutureWarning)
