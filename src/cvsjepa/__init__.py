@@ -2,3 +2,4 @@
 
 __version__ = "0.1.0"
 CRITERIA = ("C1", "C2", "C3")
+from .predict._lazy import __getattr__  # noqa: E402,F401  lazy `from cvsjepa import CVSModel` (api.py)

@@ -1,0 +1,73 @@
+"""`cvsjepa predict VIDEO_OR_FRAME_DIR --run RUN`: a CVS timeline for one video."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+NAME = "predict"
+HELP = "CVS timeline (per-second probabilities, plot, first time CVS is reached) for a video"
+
+EXIT_INCOMPLETE = 4  # the timeline was written, but reading the video stopped early (see timeline.json)
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser(
+        NAME, help=HELP,
+        description="Decode a video (mp4, mkv, avi, mov, ...; any codec the installed FFmpeg decodes) or read a "
+                    "folder of JPEG/PNG frames, sample it at the model's training rate (1 fps), score the causal "
+                    "clip ending at every sample, and write timeline.csv, timeline.json and timeline.png. "
+                    "Prints when CVS is first reached: all three criteria >= their val-chosen thresholds for "
+                    "--consecutive seconds. Exit status: 0 done; 2 the input or run cannot be used; "
+                    f"{EXIT_INCOMPLETE} the video failed part way (the timeline up to there is written, the "
+                    "error is in timeline.json).")
+    p.add_argument("input", metavar="VIDEO_OR_FRAME_DIR", help="a video file, or a folder of one video's frames")
+    p.add_argument("--run", required=True, metavar="RUN",
+                   help="run directory from `cvsjepa train`, or its checkpoints/best directory")
+    p.add_argument("--out", metavar="DIR", help="output folder (default: ./<input name>_timeline)")
+    p.add_argument("--fps", type=float, default=None,
+                   help="sampling rate (default: the training rate, 1); for a folder, the rate its frames were "
+                        "taken at")
+    p.add_argument("--consecutive", type=float, default=3.0, metavar="K",
+                   help="seconds all three criteria must pass in a row for CVS to count as reached (default 3)")
+    p.add_argument("--batch-size", type=int, default=8, metavar="B", help="clips per forward pass (default 8)")
+    p.add_argument("--thresholds", type=float, nargs=3, metavar=("T1", "T2", "T3"),
+                   help="decision thresholds for C1 C2 C3 (default: the run's thresholds.json, else chosen on "
+                        "its val predictions, else 0.5)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
+    p.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="CPU threads for the model (default: torch's choice, one per core); on a machine shared "
+                        "with other jobs 1 can be many times faster")
+    p.add_argument("--no-plot", action="store_true", help="skip timeline.png")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from ..api import CVSModel
+    from ..errors import ConfigError
+
+    if args.batch_size < 1:
+        raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if not args.consecutive > 0:
+        raise ConfigError(f"--consecutive must be > 0 seconds, got {args.consecutive}")
+    if args.fps is not None and not args.fps > 0:
+        raise ConfigError(f"--fps must be > 0, got {args.fps}")
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ConfigError(f"--threads must be >= 1, got {args.threads}")
+        import torch
+
+        torch.set_num_threads(args.threads)
+    source = Path(args.input)
+    out = Path(args.out) if args.out else Path(f"{source.name.rsplit('.', 1)[0] or source.name}_timeline")
+    model = CVSModel.from_run(Path(args.run), device=args.device, thresholds=args.thresholds)
+    timeline = model.predict_video(source, fps=args.fps, consecutive=args.consecutive,
+                                   batch_size=args.batch_size, progress=not args.no_progress)
+    written = timeline.save(out, plot=not args.no_plot)
+    print(timeline.summary())
+    print("wrote " + ", ".join(str(p) for p in written.values()))
+    if not timeline.complete:
+        print(f"cvsjepa: error: {'; '.join(timeline.errors)} (partial timeline written)", file=sys.stderr)
+        return EXIT_INCOMPLETE
+    return 0
