@@ -113,3 +113,22 @@ def test_multitask_run_reports_miou(synth_root, tmp_path):
 
     model, _, _ = load_classifier(out / "checkpoints" / "best")  # reloads with its decoder
     assert model.seg_head is not None
+
+
+def test_diagnose_seg_writes_the_grid(synth_root, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "configs/exp8_multitask.yaml", "backbone=tiny", f"data.root={synth_root}", f"out={out}",
+                 "data.frames=4", "head.num_heads=4", "head.mlp_hidden=32", "train.batch_size=8", "train.epochs=1",
+                 "seg.decoder_dim=32", "adapt.mode=frozen", "--no-progress"]) == 0
+    assert main(["diagnose", str(out), "seg", "--samples", "2"]) == 0
+    pngs = list((out / "diagnose").glob("segmentation_check_*.png"))
+    assert len(pngs) == 1 and pngs[0].stat().st_size > 10_000
+    report = (out / "diagnose" / "report.md").read_text()
+    assert "Segmentation check" in report and "pixel accuracy" in report
+    # a run without a decoder gets one clear line
+    plain = tmp_path / "plain"
+    assert main(["train", "backbone=tiny", f"data.root={synth_root}", f"out={plain}", "data.frames=4",
+                 "head.num_heads=4", "train.epochs=1", "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["diagnose", str(plain), "seg"]) == 2
+    assert "segmentation decoder" in capsys.readouterr().err

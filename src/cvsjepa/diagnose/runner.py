@@ -43,6 +43,7 @@ from .report import fmt, image, md_table
 log = logging.getLogger("cvsjepa")
 
 ANALYSES = ("attention", "categories", "entropy", "curves")
+OPT_IN = ("seg",)  # needs a multi-task run; not part of "all"
 
 
 @dataclass
@@ -54,10 +55,11 @@ class DiagnoseResult:
 
 def expand(analyses: list[str]) -> list[str]:
     chosen = list(dict.fromkeys(analyses or ["all"]))
-    bad = [a for a in chosen if a not in (*ANALYSES, "all")]
+    bad = [a for a in chosen if a not in (*ANALYSES, *OPT_IN, "all")]
     if bad:
-        raise ConfigError(f"unknown analysis {', '.join(bad)}; choose from {', '.join(ANALYSES)} or all")
-    return list(ANALYSES) if "all" in chosen else [a for a in ANALYSES if a in chosen]
+        raise ConfigError(f"unknown analysis {', '.join(bad)}; choose from {', '.join(ANALYSES + OPT_IN)} or all")
+    base = list(ANALYSES) if "all" in chosen else [a for a in ANALYSES if a in chosen]
+    return base + [a for a in OPT_IN if a in chosen]
 
 
 def diagnose_run(run_dir: str | Path, analyses: list[str] = ("all",), split: str = "val", samples: int = 2,
@@ -77,7 +79,7 @@ def diagnose_run(run_dir: str | Path, analyses: list[str] = ("all",), split: str
         log.warning("--compare is used by the entropy analysis only, which is not selected: ignored")
     if runs and "curves" not in todo:
         log.warning("--runs is used by the curves analysis only, which is not selected: ignored")
-    needs_model = any(a in todo for a in ("attention", "categories", "entropy"))
+    needs_model = any(a in todo for a in ("attention", "categories", "entropy", "seg"))
     if needs_model:
         best_checkpoint(run)
         if compare is not None and "entropy" in todo:
@@ -113,6 +115,8 @@ def diagnose_run(run_dir: str | Path, analyses: list[str] = ("all",), split: str
             md += _categories(model, cfg, splits, split, grid, bs, dev, out, data, progress)
         if "entropy" in todo:
             md += _entropy(model, run, sd, split, compare, entropy_samples, seed, dev, data_root, out, data, progress)
+        if "seg" in todo:
+            md += _seg(model, cfg, sd, samples, seed, out, data)
         del model
     if "curves" in todo:
         md += _curves(curves, out, data)
@@ -122,6 +126,21 @@ def diagnose_run(run_dir: str | Path, analyses: list[str] = ("all",), split: str
     atomic_write_text(report, "\n".join(md))
     atomic_write_json(out / "diagnose.json", json_safe(data))
     return DiagnoseResult(out, report, data)
+
+
+def _seg(model, cfg, sd, samples, seed, out, data) -> list[str]:
+    from ..train.loop import seg_class_names
+    from .segmentation import seg_check
+
+    path, rows = seg_check(model.cpu(), cfg, sd, seg_class_names(cfg), max(samples, 4), seed, out)
+    data["seg"] = rows
+    data.setdefault("figures", []).append(path.name)
+    md = ["\n## Segmentation check\n", "Frame | ground truth | prediction, with the CVS probabilities "
+          "next to the labels.\n", image(path.name, "segmentation check"),
+          md_table(rows, [("sample_id", "sample", "g"), ("label", "label", lambda r: str(r["label"])),
+                          ("prob", "P(C1, C2, C3)", lambda r: str(r["prob"])),
+                          ("pixel_accuracy", "pixel accuracy", "f3")])]
+    return md
 
 
 # ------------------------------------------------------------------ categories
