@@ -231,12 +231,13 @@ def _optimizer_step(model, optimizer, scheduler, grad_clip: float) -> None:
     optimizer.zero_grad(set_to_none=True)
 
 
-def load_data(cfg: RunConfig, crop: int, roles=("train", "val", "test")) -> dict:
-    """JPEG clips, or stored tokens when ``features.store`` is set (same batch keys but ``tokens``)."""
+def load_data(cfg: RunConfig, crop: int, roles=("train", "val", "test"), backbone=None) -> dict:
+    """JPEG clips, or stored tokens when ``features.store`` is set (same batch keys but ``tokens``).
+    ``backbone``: the one already built, so the store's key is checked against it without a rebuild."""
     if cfg.features.store:
         from ..features.dataset import open_store_splits
 
-        return open_store_splits(cfg, roles=roles)
+        return open_store_splits(cfg, roles=roles, backbone=backbone)
     from ..data.loaders import build_splits
 
     return build_splits(cfg, crop=crop, roles=roles)
@@ -249,7 +250,7 @@ def train(cfg: RunConfig, progress: bool = True) -> TrainResult:
     seed_everything(cfg.seed)
     device = distributed.setup() or resolve_device(cfg.train.device)
     model = build_model(cfg, device)
-    splits = load_data(cfg, model.backbone.crop_size)
+    splits = load_data(cfg, model.backbone.crop_size, backbone=model.backbone)
     if "train" not in splits or "val" not in splits:
         raise ConfigError("training needs data.train_split and data.val_split")
 

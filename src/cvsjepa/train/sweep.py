@@ -45,6 +45,7 @@ from ..heads import build_head
 from ..io import atomic_write_json, atomic_write_text
 from ..model import CVSClassifier, count_params
 from .losses import build_loss
+from .mixing import mix_batch
 from .rundir import create_run_dir, plot_training_curve, write_metrics, write_predictions
 from .schedule import warmup_cosine
 
@@ -148,15 +149,20 @@ def sweep(cfg: RunConfig, progress: bool = True) -> SweepResult:
 
 
 def _fit(cfg: RunConfig, runs: list[HeadRun], splits, run_dir: Path, device, progress) -> dict:
-    gen = torch.Generator().manual_seed(cfg.seed)
-    sampler = None
-    if getattr(cfg.train, "sampler", "random") != "random":
-        from .sampling import build_sampler
+    from torch.utils.data import DataLoader
 
-        labels = torch.tensor([s.label for s in splits["train"].index.samples], dtype=torch.float32)
-        sampler = build_sampler(cfg.train.sampler, labels, gen)
-    train_loader = splits["train"].loader(cfg.train.batch_size, sampler is None, cfg.data.num_workers, gen,
-                                          **({"sampler": sampler} if sampler is not None else {}))
+    from ..data.dataset import collate_skip_none
+    from .distributed import GlobalBatchSampler
+    from .sampling import balanced_weights
+
+    # the training loop's sampler, seed and per-epoch order: every head sees a separate run's batches
+    train_split = splits["train"]
+    weights = None
+    if cfg.train.sampler == "balanced":
+        weights = balanced_weights(torch.tensor([s.label for s in train_split.index.samples], dtype=torch.float32))
+    sampler = GlobalBatchSampler(len(train_split.dataset), cfg.train.batch_size, cfg.seed, weights)
+    train_loader = DataLoader(train_split.dataset, batch_sampler=sampler, num_workers=cfg.data.num_workers,
+                              collate_fn=collate_skip_none)
     val_loader = splits["val"].loader(cfg.train.batch_size, False, cfg.data.num_workers)
     loss_fn = build_loss(cfg.loss).to(device)
     optimizer = build_sweep_optimizer(runs)
@@ -170,6 +176,7 @@ def _fit(cfg: RunConfig, runs: list[HeadRun], splits, run_dir: Path, device, pro
     for epoch in range(1, cfg.train.epochs + 1):
         te = time.time()
         lr_mult = scheduler.get_last_lr()[0] / optimizer.param_groups[0]["initial_lr"]
+        sampler.set_epoch(epoch)
         train = _train_epoch(cfg, runs, train_loader, loss_fn, optimizer, scheduler, device, epoch, mix_gen,
                              timing, progress)
         val = _score(runs, val_loader, device, loss_fn, timing, progress, "val")
@@ -245,14 +252,12 @@ def _train_epoch(cfg, runs, loader, loss_fn, optimizer, scheduler, device, epoch
     loss_sum = {r.index: torch.zeros((), device=device) for r in active}
     probs = {r.index: [] for r in active}
     labels, n = [], 0
-    mixing = getattr(cfg.train, "mixup_alpha", 0) > 0 or getattr(cfg.train, "cutmix_alpha", 0) > 0
+    mixing = cfg.train.mixup_alpha > 0 or cfg.train.cutmix_alpha > 0
     optimizer.zero_grad(set_to_none=True)
     for batch in tqdm(_timed_batches(loader, device, timing), total=len(loader), desc=f"epoch {epoch}",
                       leave=False, disable=not progress, unit="batch"):
         t = time.perf_counter()
         if mixing:
-            from .mixing import mix_batch
-
             batch = mix_batch(batch, cfg.train.mixup_alpha, cfg.train.cutmix_alpha, cfg.train.mix_prob, mix_gen)
         total = 0.0
         for r in active:
@@ -277,8 +282,13 @@ def _train_epoch(cfg, runs, loader, loss_fn, optimizer, scheduler, device, epoch
         _step(active, optimizer, scheduler, cfg.train.grad_clip)
     if n == 0:
         raise RuntimeError("the training loader produced no sample (every batch skipped?)")
-    y = torch.cat(labels)
-    return {i: (float(loss_sum[i]) / n, cvs_average_precision(torch.cat(probs[i]), y).map) for i in loss_sum}
+    y, out = torch.cat(labels), {}
+    for j, i in enumerate(loss_sum):
+        with warnings.catch_warnings():  # a criterion without positives: warn once, not once per head
+            if j:
+                warnings.simplefilter("ignore")
+            out[i] = (float(loss_sum[i]) / n, cvs_average_precision(torch.cat(probs[i]), y).map)
+    return out
 
 
 def _step(active: list[HeadRun], optimizer, scheduler, grad_clip: float) -> None:

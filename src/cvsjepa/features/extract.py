@@ -1,0 +1,312 @@
+"""`cvsjepa extract`: run the frozen backbone once over every keyframe clip and fill a feature store.
+
+    index the splits (data.root, frames, stride) -> plan: clips in (video, frame) order, cut into shards
+    open the store (create, or resume: key checked, temporaries removed, listed shards verified)
+    for each shard still to do:
+        for each chunk of features.batch_size clips:
+            frames: JPEG -> decode -> the views' crops (features/views.py), cached per frame path, so
+                    overlapping clips (16-s windows every 5 s) decode each JPEG once
+            backbone.extract([clips * views, T, 3, crop, crop]) -> tokens; optional 2x2 spatial pooling
+        write the shard atomically with its checksum, then list it in the manifest
+
+Interrupting (Ctrl-C, kill -9, a full disk) loses at most the shard in progress; running the same
+command again continues from the first shard the manifest does not list.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from ..backbones import build_backbone
+from ..config import RunConfig
+from ..data.endoscapes import Sample, load_splits
+from ..data.frames import FrameCache, read_frame
+from ..data.loaders import split_names
+from ..errors import ConfigError, DataError
+from .store import DTYPES, FeatureStore, clip_hash, store_key
+from .writer import StoreWriter
+from .views import MAX_VIEWS, VIEW_NAMES, preprocess_views
+
+log = logging.getLogger("cvsjepa")
+
+
+@dataclass
+class ExtractStats:
+    """Where this run's extraction time went (seconds) and how often each JPEG was decoded."""
+
+    clips: int = 0  # clips extracted by this run
+    clips_before: int = 0  # clips already in the store when it started (resume)
+    shards: int = 0
+    decode_s: float = 0.0  # JPEG -> uint8 pixels
+    preprocess_s: float = 0.0  # resize, crops of every view, normalisation
+    forward_s: float = 0.0  # host -> device, backbone, pooling, cast, device -> host
+    write_s: float = 0.0  # shard file (hash, fsync, rename) and manifest
+    wall_s: float = 0.0
+    frames_decoded: int = 0
+    distinct_frames: int = 0  # distinct JPEGs the extracted clips use
+    frame_refs: int = 0  # clip frames counted with repeats (what decoding per clip would cost)
+    bytes_written: int = 0
+
+    @property
+    def clips_per_s(self) -> float:
+        return self.clips / self.wall_s if self.wall_s else math.nan
+
+    @property
+    def decodes_per_jpeg(self) -> float:
+        return self.frames_decoded / self.distinct_frames if self.distinct_frames else math.nan
+
+    def as_dict(self) -> dict:
+        return {**asdict(self), "clips_per_s": self.clips_per_s, "decodes_per_jpeg": self.decodes_per_jpeg}
+
+
+@dataclass
+class ExtractResult:
+    store: Path
+    stats: ExtractStats
+    total_clips: int
+    layout: dict = field(default_factory=dict)
+
+
+def check_features_config(cfg: RunConfig) -> None:
+    f = cfg.features
+    if not f.store:
+        raise ConfigError("features.store is not set: pass features.store=/path/to/store (a new or existing folder)")
+    if not 1 <= f.views <= MAX_VIEWS:
+        raise ConfigError(f"features.views={f.views} must be in 1..{MAX_VIEWS} ({', '.join(VIEW_NAMES)})")
+    for key, value in (("features.shard_clips", f.shard_clips), ("features.batch_size", f.batch_size)):
+        if value < 1:
+            raise ConfigError(f"{key} must be >= 1, got {value}")
+
+
+def pool_tokens(tokens: torch.Tensor, grid: tuple[int, int, int], pool: str) -> tuple[torch.Tensor, tuple, int]:
+    """``tokens [B, N, D]`` on the ``(T', H', W')`` grid -> ``(tokens [B, N', D], grid', levels)``.
+
+    ``N`` may be a multiple ``levels * T'H'W'`` (multilevel outputs concatenated along tokens); each
+    level is pooled on its own. ``avg2x2`` averages 2x2 spatial neighbours (4x fewer tokens); token
+    order stays frame-major, then row, then column, within each level.
+    """
+    b, n, d = tokens.shape
+    t, h, w = grid
+    per_level = t * h * w
+    if n % per_level:
+        raise ValueError(f"{n} tokens are not a whole number of {grid} grids")
+    levels = n // per_level
+    if pool == "none":
+        return tokens, grid, levels
+    if pool != "avg2x2":
+        raise ValueError(f"unknown pool {pool!r}")
+    if h % 2 or w % 2:
+        raise ConfigError(f"features.pool=avg2x2 needs an even spatial token grid, got {h}x{w}")
+    x = tokens.view(b * levels * t, h, w, d).permute(0, 3, 1, 2)  # [B L T, D, H, W]
+    x = F.avg_pool2d(x, 2).permute(0, 2, 3, 1)  # [B L T, H/2, W/2, D]
+    return x.reshape(b, n // 4, d), (t, h // 2, w // 2), levels
+
+
+class ClipViewChunks(Dataset):
+    """Item ``i``: the chunk ``chunks[i]`` of consecutive clips as ``video [B, views, T, 3, crop, crop]``,
+    an ``ok`` mask (False: a frame failed under on_bad_sample=skip; its video is zeros), and the
+    decode / preprocess seconds and decode count it cost in this process. Preprocessed frames are
+    cached by path, so consecutive chunks in one process decode each JPEG once."""
+
+    def __init__(self, chunks: list[list[Sample]], crop: int, views: int, cache_frames: int, on_bad_sample: str):
+        self.chunks, self.crop, self.views, self.on_bad_sample = chunks, crop, views, on_bad_sample
+        self.cache = FrameCache(cache_frames, load=self._load_frame)
+        self._bad: dict[str, DataError] = {}
+        self._t = {"decode_s": 0.0, "preprocess_s": 0.0}
+
+    def __len__(self) -> int:
+        return len(self.chunks)
+
+    def _load_frame(self, path: Path) -> torch.Tensor:
+        t0 = time.perf_counter()
+        pixels = read_frame(path)
+        t1 = time.perf_counter()
+        views = preprocess_views(pixels.unsqueeze(0), self.crop, self.views)[:, 0]  # [V, 3, crop, crop]
+        self._t["decode_s"] += t1 - t0
+        self._t["preprocess_s"] += time.perf_counter() - t1
+        return views
+
+    def _frame(self, path: Path) -> torch.Tensor:
+        key = str(path)
+        if key in self._bad:
+            raise self._bad[key]
+        try:
+            return self.cache.get(path)
+        except DataError as e:
+            self._bad[key] = e
+            raise
+
+    def __getitem__(self, i: int) -> dict:
+        before = dict(self._t, misses=self.cache.misses)
+        clips, ok = [], []
+        for s in self.chunks[i]:
+            try:
+                frames = [self._frame(p) for p in s.clip_paths]  # each [V, 3, crop, crop]
+                clips.append(torch.stack(frames, dim=1))  # [V, T, 3, crop, crop]
+                ok.append(True)
+            except DataError as e:
+                if self.on_bad_sample == "error":
+                    raise
+                log.warning("skipping keyframe %s (on_bad_sample=skip): %s", s.sample_id, e)
+                clips.append(None)
+                ok.append(False)
+        shape = next((c.shape for c in clips if c is not None), (self.views, len(self.chunks[i][0].clip_paths), 3,
+                                                                  self.crop, self.crop))
+        video = torch.stack([c if c is not None else torch.zeros(shape) for c in clips])
+        return {"video": video, "ok": torch.tensor(ok),
+                "decode_s": self._t["decode_s"] - before["decode_s"],
+                "preprocess_s": self._t["preprocess_s"] - before["preprocess_s"],
+                "decodes": self.cache.misses - before["misses"]}
+
+
+def _to_numpy(tokens: torch.Tensor) -> np.ndarray:
+    if tokens.dtype == torch.bfloat16:
+        return tokens.view(torch.int16).numpy().view(np.uint16)
+    return tokens.numpy()
+
+
+def extract(cfg: RunConfig, progress: bool = True) -> ExtractResult:
+    """Fill (or finish) the feature store ``cfg.features.store``; see the module docstring."""
+    t_start = time.perf_counter()
+    check_features_config(cfg)
+    if not cfg.data.root:
+        raise ConfigError("data.root is not set: pass data.root=/path/to/endoscapes (or a `cvsjepa synth` folder)")
+    device = _device(cfg.train.device)
+    backbone = build_backbone(cfg.backbone, device=device).freeze()
+    if cfg.data.frames % backbone.tubelet_size:
+        raise ConfigError(f"data.frames={cfg.data.frames} must be a multiple of the backbone's tubelet size "
+                          f"({backbone.tubelet_size})")
+    names = list(dict.fromkeys(cfg.features.splits or split_names(cfg).values()))
+    if not names:
+        raise ConfigError("no split to extract: set features.splits=[train,val,...] or data.*_split")
+    indices = load_splits(cfg.data.root, names, frames=cfg.data.frames, stride=cfg.data.stride,
+                          source=cfg.data.source, on_bad_sample=cfg.data.on_bad_sample,
+                          limit=cfg.data.limit_per_split)
+    key = store_key(cfg, backbone)
+    stats = ExtractStats()
+    with StoreWriter(cfg.features.store, key, backbone.describe(), cfg.features.shard_clips) as writer:
+        work: list[tuple[str, int]] = []
+        total = 0
+        for name in names:
+            samples = indices[name].samples
+            if not samples:
+                raise DataError(f"split '{name}' of {cfg.data.root} has no keyframe clip to extract")
+            todo = writer.plan_split(name, [s.sample_id for s in samples], [clip_hash(s.clip_frames) for s in samples])
+            work += [(name, k) for k in todo]
+            total += len(samples)
+        stats.clips_before = total - sum(len(writer.shard_rows(n, k)) for n, k in work)
+        if not work:
+            log.info("feature store %s is complete (%d clips); nothing to extract", writer.root, total)
+        else:
+            if stats.clips_before:
+                log.info("resuming feature store %s: %d of %d clips already stored", writer.root,
+                         stats.clips_before, total)
+            _run(cfg, backbone, device, writer, indices, work, total, stats, progress)
+        layout = writer.manifest["layout"]
+    stats.wall_s = time.perf_counter() - t_start
+    if stats.clips:
+        log.info("extracted %d clips in %.1f s (%.2f clips/s): decode %.1f s, preprocess %.1f s, forward %.1f s, "
+                 "write %.1f s; %.2f decodes per JPEG; %s per clip", stats.clips, stats.wall_s, stats.clips_per_s,
+                 stats.decode_s, stats.preprocess_s, stats.forward_s, stats.write_s, stats.decodes_per_jpeg,
+                 _human(layout.get("bytes_per_clip", 0)))
+    return ExtractResult(Path(cfg.features.store), stats, total, layout)
+
+
+def _device(name: str) -> torch.device:
+    # as train.loop.resolve_device, without importing the training stack (torchmetrics: seconds)
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"train.device={name} but CUDA is not available on this machine; use train.device=cpu")
+    return torch.device(name)
+
+
+def _run(cfg, backbone, device, writer: StoreWriter, indices, work, total, stats: ExtractStats, progress) -> None:
+    bs, views, frames = cfg.features.batch_size, cfg.features.views, cfg.data.frames
+    np_dtype, torch_dtype = DTYPES[cfg.features.dtype]
+    grid = backbone.token_grid(frames)
+    # chunks never straddle shards, so a resumed run forwards exactly the batches an uninterrupted one does
+    specs, chunks = [], []
+    for name, k in work:
+        rows = writer.shard_rows(name, k)
+        for start in range(rows.start, rows.stop, bs):
+            part = range(start, min(start + bs, rows.stop))
+            specs.append((name, k, part))
+            chunks.append([indices[name].samples[r] for r in part])
+    stats.distinct_frames = len({p for c in chunks for s in c for p in s.clip_paths})
+    stats.frame_refs = sum(len(s.clip_paths) for c in chunks for s in c)
+    cache = 2 * frames * cfg.data.stride  # > one clip's span: consecutive clips reuse their shared frames
+    dataset = ClipViewChunks(chunks, backbone.crop_size, views, cache, cfg.data.on_bad_sample)
+    loader = DataLoader(dataset, batch_size=None, shuffle=False, num_workers=cfg.data.num_workers,
+                        pin_memory=device.type == "cuda", persistent_workers=False)
+    bar = tqdm(total=total, initial=stats.clips_before, unit="clip", desc="extract", disable=not progress,
+               dynamic_ncols=True)
+    out, skipped, layout_checked = None, [], False
+    try:
+        for (name, k, part), item in zip(specs, loader):
+            stats.decode_s += item["decode_s"]
+            stats.preprocess_s += item["preprocess_s"]
+            stats.frames_decoded += int(item["decodes"])
+            t0 = time.perf_counter()
+            video = item["video"]  # [B, V, T, 3, crop, crop]
+            b = video.shape[0]
+            with torch.inference_mode():
+                tokens = backbone.extract(video.flatten(0, 1).to(device, non_blocking=True))
+                tokens, pooled_grid, levels = pool_tokens(tokens, grid, cfg.features.pool)
+                tokens = tokens.to(torch_dtype).cpu()
+            stats.forward_s += time.perf_counter() - t0
+            tokens = _to_numpy(tokens).reshape(b, views, *tokens.shape[1:])
+            if not layout_checked:  # a resumed store must get tokens of the layout it already holds
+                writer.set_layout(_layout(cfg, tokens, grid, pooled_grid, levels, writer.shard_clips))
+                layout_checked = True
+            rows = writer.shard_rows(name, k)
+            if out is None:
+                out = np.zeros((len(rows), *tokens.shape[1:]), dtype=np_dtype)
+            at = part.start - rows.start
+            out[at:at + b] = tokens
+            skipped += [at + j for j in range(b) if not bool(item["ok"][j])]
+            bar.update(b)
+            if part.stop == rows.stop:  # shard complete
+                t1 = time.perf_counter()
+                entry = writer.write_shard(name, k, out, skipped)
+                stats.write_s += time.perf_counter() - t1
+                stats.bytes_written += entry["bytes"]
+                stats.shards += 1
+                stats.clips += len(rows)
+                out, skipped = None, []
+            bar.set_postfix(shards=stats.shards, refresh=False)
+    finally:
+        bar.close()
+
+
+def _layout(cfg, tokens: np.ndarray, grid, pooled_grid, levels: int, shard_clips: int) -> dict:
+    _, v, n, d = tokens.shape
+    return {"dtype": cfg.features.dtype, "views": v, "view_names": list(VIEW_NAMES[:v]), "tokens_per_clip": int(n),
+            "embed_dim": int(d), "token_grid": list(pooled_grid), "levels": int(levels),
+            "backbone_token_grid": list(grid), "pool": cfg.features.pool, "shard_clips": shard_clips,
+            "bytes_per_clip": int(v * n * d * tokens.itemsize)}
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    return str(n)
+
+
+def verify_store(path: str, progress: bool = True) -> FeatureStore:
+    """Checksum every shard of the store at ``path``; ShardCorruptError names the first bad file."""
+    store = FeatureStore.open(path)
+    store.verify(progress=progress)
+    return store

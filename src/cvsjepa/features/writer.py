@@ -1,0 +1,206 @@
+"""Writing a feature store: creating or resuming it, atomic checksummed shards, the manifest.
+
+See :mod:`cvsjepa.features.store` for the layout. Order of operations for each shard: temporary
+file in the shard's folder, hashed while written, fsync'ed, renamed, folder fsync'ed; only then is
+the manifest (itself written atomically) updated to list it with its size and sha256.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import logging
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .. import __version__
+from ..io import DiskFullError, atomic_write_json
+from .store import (MANIFEST, STORE_FORMAT, STORE_FORMAT_VERSION, FeatureStore, FeatureStoreError, ShardCorruptError,
+                    StoreKeyError, check_key, check_shard, shard_name)
+
+log = logging.getLogger("cvsjepa")
+
+
+class StoreWriter:
+    """Creates a store or resumes one; one writing process at a time (an flock on ``.lock``).
+
+    Usage: ``plan_split`` each split (records its sample ids, returns the shard indices still to do),
+    ``write_shard`` each, then ``close``.
+    """
+
+    def __init__(self, root: str | os.PathLike, key: dict, backbone: dict, shard_clips: int):
+        self.root = Path(root)
+        if self.root.exists() and not self.root.is_dir():
+            raise FeatureStoreError(f"features.store={self.root} is a file, not a folder")
+        if (self.root.is_dir() and any(self.root.iterdir()) and not (self.root / MANIFEST).is_file()):
+            raise FeatureStoreError(f"features.store={self.root} exists, is not empty and is not a feature store; "
+                                    f"choose an empty or new folder")
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._lock = open(self.root / ".lock", "a+")
+        try:
+            fcntl.flock(self._lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._lock.close()
+            raise FeatureStoreError(f"another process is writing feature store {self.root}; wait for it to "
+                                    f"finish (or stop it) and run again") from None
+        try:
+            if (self.root / MANIFEST).is_file():
+                self.manifest = FeatureStore.open(self.root).manifest
+                check_key(self.root, self.manifest["key"], key)
+                self.manifest["backbone"] = backbone  # same fingerprint; the path may have moved
+            else:
+                self.manifest = {"format": STORE_FORMAT, "format_version": STORE_FORMAT_VERSION, "key": key,
+                                 "layout": {}, "backbone": backbone, "shard_clips": int(shard_clips),
+                                 "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "cvsjepa_version": __version__,
+                                 "splits": {}}
+                self._save()
+            self._remove_temporaries()
+        except BaseException:
+            self.close()
+            raise
+        if self.manifest["shard_clips"] != shard_clips:
+            log.info("feature store %s was started with features.shard_clips=%d; keeping that (asked %d)",
+                     self.root, self.manifest["shard_clips"], shard_clips)
+        self.shard_clips = int(self.manifest["shard_clips"])
+
+    @property
+    def store(self) -> FeatureStore:
+        return FeatureStore(self.root, self.manifest)
+
+    def _save(self) -> None:
+        atomic_write_json(self.root / MANIFEST, self.manifest)
+
+    def _remove_temporaries(self) -> None:
+        for tmp in self.root.rglob(".tmp-*"):
+            log.info("removing %s, left by an interrupted write", tmp)
+            tmp.unlink(missing_ok=True)
+
+    def plan_split(self, split: str, sample_ids: list[str], clip_hashes: list[str], verify: bool = True) -> list[int]:
+        """Record the split's keyframes (or check them against the recorded ones) and return the shard
+        indices still to write. Listed shards that fail their check are dropped and redone."""
+        entry = self.manifest["splits"].get(split)
+        if entry is None:
+            entry = {"sample_ids": list(sample_ids), "clip_hashes": list(clip_hashes),
+                     "shard_clips": self.shard_clips, "shards": {}, "complete": False}
+            self.manifest["splits"][split] = entry
+            self._save()
+        elif entry["sample_ids"] != list(sample_ids) or entry["clip_hashes"] != list(clip_hashes):
+            raise FeatureStoreError(
+                f"split '{split}' of feature store {self.root} was planned over other keyframe clips "
+                f"({_first_difference(entry['sample_ids'], entry['clip_hashes'], sample_ids, clip_hashes)}); the "
+                f"dataset, data.source or data.limit_per_split changed: use a new features.store=...")
+        n_shards = -(-len(sample_ids) // entry["shard_clips"])
+        for k, sentry in list(entry["shards"].items()):
+            try:
+                check_shard(self.root / sentry["file"], sentry, checksum=verify)
+            except ShardCorruptError as e:
+                log.warning("%s; it will be extracted again", e)
+                del entry["shards"][k]
+                entry["complete"] = False
+                self._save()
+        todo = [k for k in range(n_shards) if str(k) not in entry["shards"]]
+        if not todo and not entry["complete"]:
+            entry["complete"] = True
+            self._save()
+        return todo
+
+    def shard_rows(self, split: str, k: int) -> range:
+        n = len(self.manifest["splits"][split]["sample_ids"])
+        s = self.manifest["splits"][split]["shard_clips"]
+        return range(k * s, min(n, (k + 1) * s))
+
+    def set_layout(self, layout: dict) -> None:
+        """Record the token layout on the first shard; later shards (and resumed runs) must agree."""
+        old = self.manifest.get("layout")
+        if old and old != layout:
+            diffs = [(f, old.get(f), layout.get(f)) for f in sorted(set(old) | set(layout))
+                     if old.get(f) != layout.get(f)]
+            raise StoreKeyError(f"feature store {self.root}: this run produces a token layout that differs from "
+                                f"the stored one ({', '.join(f'{f}: {a!r} vs {b!r}' for f, a, b in diffs)}); "
+                                f"was the backbone code changed? Use a new features.store=...")
+        if not old:
+            self.manifest["layout"] = layout
+            self._save()
+
+    def write_shard(self, split: str, k: int, tokens: np.ndarray, skipped_rows: list[int] = ()) -> dict:
+        """Write shard ``k`` of ``split`` (``tokens [clips, views, N, D]``) atomically, then list it in
+        the manifest with its size and sha256. ``skipped_rows`` (rows within the shard) failed to load."""
+        entry = self.manifest["splits"][split]
+        rows = self.shard_rows(split, k)
+        if tokens.shape[0] != len(rows):
+            raise ValueError(f"shard {k} of {split} needs {len(rows)} clips, got {tokens.shape[0]}")
+        rel = shard_name(split, k)
+        path = self.root / rel
+        digest, size = _write_npy_atomic(path, tokens)
+        entry["shards"][str(k)] = {"file": rel, "clips": len(rows), "bytes": size, "sha256": digest,
+                                   "skipped": sorted(int(r) for r in skipped_rows)}
+        n_shards = -(-len(entry["sample_ids"]) // entry["shard_clips"])
+        entry["complete"] = len(entry["shards"]) == n_shards
+        self._save()  # after the shard is durable: the manifest never lists a shard that is not
+        return entry["shards"][str(k)]
+
+    def close(self) -> None:
+        if not self._lock.closed:
+            fcntl.flock(self._lock.fileno(), fcntl.LOCK_UN)
+            self._lock.close()
+
+    def __enter__(self) -> "StoreWriter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _first_difference(old_ids, old_hashes, new_ids, new_hashes) -> str:
+    if len(old_ids) != len(new_ids):
+        return f"{len(old_ids)} recorded, {len(new_ids)} now"
+    for i, (a, b, ha, hb) in enumerate(zip(old_ids, new_ids, old_hashes, new_hashes)):
+        if a != b:
+            return f"clip {i} is {a} in the store, {b} now"
+        if ha != hb:
+            return f"keyframe {a} has other clip frames now"
+    return "same ids"
+
+
+class _HashingFile:
+    """File wrapper that hashes every byte written (numpy writes .npy data through ``write``)."""
+
+    def __init__(self, f):
+        self.f, self.h, self.n = f, hashlib.sha256(), 0
+
+    def write(self, data) -> int:
+        mv = memoryview(data).cast("B")
+        self.h.update(mv)
+        self.n += len(mv)
+        return self.f.write(mv)
+
+
+def _write_npy_atomic(path: Path, arr: np.ndarray) -> tuple[str, int]:
+    """temp file in the same folder -> write (hashing) -> fsync -> rename -> fsync the folder."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".tmp-{path.name}.{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            hf = _HashingFile(f)
+            np.lib.format.write_array(hf, np.ascontiguousarray(arr), allow_pickle=False)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        if e.errno == 28:  # ENOSPC
+            raise DiskFullError(f"disk full while writing shard {path}; finished shards are intact. Free space "
+                                f"and run the same `cvsjepa extract` again to resume") from e
+        raise
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return hf.h.hexdigest(), hf.n
