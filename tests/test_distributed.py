@@ -83,3 +83,27 @@ def test_resume_on_another_world_size(synth_root, tmp_path):
     rows = list(csv.DictReader(open(out / "metrics.csv")))
     assert [int(x["epoch"]) for x in rows] == [1, 2]
     assert json.loads((out / "summary.json").read_text())["world_size"] == 1
+
+
+@pytest.mark.slow
+def test_two_process_extraction_equals_one(synth_root, tmp_path):
+    args = ["backbone=tiny", "data.frames=4", f"data.root={synth_root}", "features.shard_clips=8"]
+    one, two = tmp_path / "one", tmp_path / "two"
+    r1 = subprocess.run([sys.executable, "-m", "cvsjepa", "extract", *args, f"features.store={one}", "--no-progress"],
+                        capture_output=True, text=True, timeout=600)
+    assert r1.returncode == 0, r1.stderr[-2000:]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "cvsjepa",
+           "extract", *args, f"features.store={two}", "--no-progress"]
+    r2 = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert r2.returncode == 0, r2.stderr[-2000:]
+    m1 = json.loads((one / "manifest.json").read_text())
+    m2 = json.loads((two / "manifest.json").read_text())
+    assert m1["splits"].keys() == m2["splits"].keys() and m1["layout"] == m2["layout"]
+    for split, e1 in m1["splits"].items():
+        e2 = m2["splits"][split]
+        assert e2["complete"] and e2["sample_ids"] == e1["sample_ids"]
+        assert {k: v["sha256"] for k, v in e2["shards"].items()} == {k: v["sha256"] for k, v in e1["shards"].items()}
+    # the store reads back and verifies
+    r3 = subprocess.run([sys.executable, "-m", "cvsjepa", "extract", *args, f"features.store={two}", "--verify",
+                         "--no-progress"], capture_output=True, text=True, timeout=600)
+    assert r3.returncode == 0, r3.stderr[-2000:]

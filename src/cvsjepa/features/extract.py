@@ -34,7 +34,7 @@ from ..data.frames import FrameCache, read_frame
 from ..data.loaders import split_names
 from ..errors import ConfigError, DataError
 from .store import DTYPES, FeatureStore, clip_hash, store_key
-from .writer import StoreWriter
+from .writer import RankShardWriter, StoreWriter
 from .views import MAX_VIEWS, VIEW_NAMES, preprocess_views
 
 log = logging.getLogger("cvsjepa")
@@ -181,7 +181,21 @@ def extract(cfg: RunConfig, progress: bool = True) -> ExtractResult:
     check_features_config(cfg)
     if not cfg.data.root:
         raise ConfigError("data.root is not set: pass data.root=/path/to/endoscapes (or a `cvsjepa synth` folder)")
-    device = _device(cfg.train.device)
+    from ..train import distributed
+
+    device = distributed.setup() or _device(cfg.train.device)
+    failed = True
+    try:
+        result = _extract(cfg, device, progress and distributed.is_main(), t_start)
+        failed = False
+        return result
+    finally:
+        distributed.teardown(failed)
+
+
+def _extract(cfg: RunConfig, device, progress: bool, t_start: float) -> "ExtractResult":
+    from ..train import distributed
+
     backbone = build_backbone(cfg.backbone, device=device).freeze()
     if cfg.data.frames % backbone.tubelet_size:
         raise ConfigError(f"data.frames={cfg.data.frames} must be a multiple of the backbone's tubelet size "
@@ -194,6 +208,14 @@ def extract(cfg: RunConfig, progress: bool = True) -> ExtractResult:
                           limit=cfg.data.limit_per_split)
     key = store_key(cfg, backbone)
     stats = ExtractStats()
+    rank, world = distributed.world()
+    if rank != 0:  # rank 0 owns the manifest; the others get its plan and write their own shards
+        work, total, clips_before, plan = distributed.gather_objects(None)[0]
+        writer = RankShardWriter(cfg.features.store, plan)
+        _run(cfg, backbone, device, writer, indices, work[rank::world], total, stats, False)
+        distributed.gather_objects((writer.written, writer.layout))
+        stats.wall_s = time.perf_counter() - t_start
+        return ExtractResult(Path(cfg.features.store), stats, total, writer.layout or {})
     with StoreWriter(cfg.features.store, key, backbone.describe(), cfg.features.shard_clips) as writer:
         work: list[tuple[str, int]] = []
         total = 0
@@ -205,7 +227,21 @@ def extract(cfg: RunConfig, progress: bool = True) -> ExtractResult:
             work += [(name, k) for k in todo]
             total += len(samples)
         stats.clips_before = total - sum(len(writer.shard_rows(n, k)) for n, k in work)
-        if not work:
+        if world > 1:
+            plan = {n: (len(e["sample_ids"]), e["shard_clips"]) for n, e in writer.manifest["splits"].items()}
+            distributed.gather_objects((work, total, stats.clips_before, plan))
+            mine = work[0::world]
+            if mine:
+                _run(cfg, backbone, device, writer, indices, mine, total, stats, progress)
+            for written, layout in distributed.gather_objects(([], None))[1:]:
+                if layout and not writer.manifest["layout"]:
+                    writer.set_layout(layout)
+                for split, k, entry in written:
+                    writer.record_shard(split, k, entry)
+            work = []  # done: skip the single-process path below
+        if not work and world > 1:
+            log.info("feature store %s: %d processes wrote their shards", writer.root, world)
+        elif not work:
             log.info("feature store %s is complete (%d clips); nothing to extract", writer.root, total)
         else:
             if stats.clips_before:

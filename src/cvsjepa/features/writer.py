@@ -142,6 +142,15 @@ class StoreWriter:
         self._save()  # after the shard is durable: the manifest never lists a shard that is not
         return entry["shards"][str(k)]
 
+    def record_shard(self, split: str, k: int, entry: dict) -> None:
+        """List a shard another rank wrote (DDP extraction), after checking its file and checksum."""
+        check_shard(self.root / entry["file"], entry, checksum=True)
+        split_entry = self.manifest["splits"][split]
+        split_entry["shards"][str(k)] = entry
+        n_shards = -(-len(split_entry["sample_ids"]) // split_entry["shard_clips"])
+        split_entry["complete"] = len(split_entry["shards"]) == n_shards
+        self._save()
+
     def close(self) -> None:
         if not self._lock.closed:
             fcntl.flock(self._lock.fileno(), fcntl.LOCK_UN)
@@ -204,3 +213,33 @@ def _write_npy_atomic(path: Path, arr: np.ndarray) -> tuple[str, int]:
         tmp.unlink(missing_ok=True)
         raise
     return hf.h.hexdigest(), hf.n
+
+
+class RankShardWriter:
+    """What a rank other than 0 uses during DDP extraction: it writes its shards (atomically, with
+    their sha256) but not the manifest, which rank 0 alone owns; rank 0 records the entries after."""
+
+    def __init__(self, root: str | os.PathLike, shard_plan: dict[str, tuple[int, int]]):
+        self.root = Path(root)
+        self.plan = shard_plan  # split -> (number of clips, clips per shard)
+        self.shard_clips = next(iter(shard_plan.values()))[1] if shard_plan else 0
+        self.layout: dict | None = None
+        self.written: list[tuple[str, int, dict]] = []
+        self.manifest = {"layout": {}}
+
+    def shard_rows(self, split: str, k: int) -> range:
+        n, s = self.plan[split]
+        return range(k * s, min(n, (k + 1) * s))
+
+    def set_layout(self, layout: dict) -> None:
+        self.layout = layout
+        self.manifest["layout"] = layout
+
+    def write_shard(self, split: str, k: int, tokens: np.ndarray, skipped_rows: list[int] = ()) -> dict:
+        rows = self.shard_rows(split, k)
+        rel = shard_name(split, k)
+        digest, size = _write_npy_atomic(self.root / rel, tokens)
+        entry = {"file": rel, "clips": len(rows), "bytes": size, "sha256": digest,
+                 "skipped": sorted(int(r) for r in skipped_rows)}
+        self.written.append((split, k, entry))
+        return entry

@@ -53,9 +53,12 @@ def setup() -> torch.device | None:
     return device
 
 
-def teardown() -> None:
+def teardown(failed: bool = False) -> None:
+    """Leave the process group. After a failure no barrier: the other ranks may be waiting in a
+    collective this rank will never join; exiting lets torchrun stop them instead of hanging."""
     if dist.is_available() and dist.is_initialized():
-        dist.barrier()
+        if not failed:
+            dist.barrier()
         dist.destroy_process_group()
 
 

@@ -272,12 +272,15 @@ def train(cfg: RunConfig, progress: bool = True) -> TrainResult:
     file_log = logging.FileHandler(run_dir / "train.log") if distributed.is_main() else logging.NullHandler()
     file_log.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     log.addHandler(file_log)
+    failed = True
     try:
-        return _fit(cfg, model, splits, run_dir, device, t0, progress and distributed.is_main(), resume)
+        result = _fit(cfg, model, splits, run_dir, device, t0, progress and distributed.is_main(), resume)
+        failed = False
+        return result
     finally:
         log.removeHandler(file_log)
         file_log.close()
-        distributed.teardown()
+        distributed.teardown(failed)
 
 
 def _stage_plans(cfg: RunConfig) -> list[StagePlan]:
