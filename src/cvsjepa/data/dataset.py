@@ -53,7 +53,6 @@ class ClipDataset(Dataset):
         self.on_bad_sample = on_bad_sample
         # A partial of a module-level function pickles for spawned workers, unlike a bound lambda.
         self.cache = FrameCache(cache_frames, load=functools.partial(load_preprocessed, crop=crop))
-        self._bad: dict[str, DataError] = {}  # a corrupt frame fails once, not once per clip holding it
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -79,18 +78,9 @@ class ClipDataset(Dataset):
 
     def load_clip(self, s: Sample) -> torch.Tensor:
         """float32 ``[T, 3, crop, crop]`` for the sample's clip (padding repeats reuse one frame)."""
-        frames = {p: self._frame(p) for p in dict.fromkeys(s.clip_paths)}
+        frames = {p: self.cache.get(p) for p in dict.fromkeys(s.clip_paths)}
         return torch.stack([frames[p] for p in s.clip_paths])
 
-    def _frame(self, path: Path) -> torch.Tensor:
-        key = str(path)
-        if key in self._bad:
-            raise self._bad[key]
-        try:
-            return self.cache.get(path)
-        except DataError as e:
-            self._bad[key] = e
-            raise
 
 
 def collate_skip_none(batch: list[dict | None]) -> dict | None:

@@ -115,6 +115,7 @@ class FrameCache:
         self.hits = 0
         self.misses = 0
         self._items: OrderedDict[str, torch.Tensor] = OrderedDict()
+        self._bad: dict[str, DataError] = {}  # a corrupt frame fails once, not once per clip holding it
 
     def get(self, path: str | os.PathLike) -> torch.Tensor:
         key = os.fspath(path)
@@ -122,8 +123,14 @@ class FrameCache:
             self.hits += 1
             self._items.move_to_end(key)
             return self._items[key]
+        if key in self._bad:
+            raise self._bad[key]
         self.misses += 1
-        value = self.load(Path(key))
+        try:
+            value = self.load(Path(key))
+        except DataError as e:
+            self._bad[key] = e
+            raise
         if self.maxsize > 0:
             self._items[key] = value
             if len(self._items) > self.maxsize:
@@ -140,3 +147,4 @@ class FrameCache:
 
     def clear(self) -> None:
         self._items.clear()
+        self._bad.clear()

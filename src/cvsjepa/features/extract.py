@@ -121,7 +121,6 @@ class ClipViewChunks(Dataset):
     def __init__(self, chunks: list[list[Sample]], crop: int, views: int, cache_frames: int, on_bad_sample: str):
         self.chunks, self.crop, self.views, self.on_bad_sample = chunks, crop, views, on_bad_sample
         self.cache = FrameCache(cache_frames, load=self._load_frame)
-        self._bad: dict[str, DataError] = {}
         self._t = {"decode_s": 0.0, "preprocess_s": 0.0}
 
     def __len__(self) -> int:
@@ -136,22 +135,13 @@ class ClipViewChunks(Dataset):
         self._t["preprocess_s"] += time.perf_counter() - t1
         return views
 
-    def _frame(self, path: Path) -> torch.Tensor:
-        key = str(path)
-        if key in self._bad:
-            raise self._bad[key]
-        try:
-            return self.cache.get(path)
-        except DataError as e:
-            self._bad[key] = e
-            raise
 
     def __getitem__(self, i: int) -> dict:
         before = dict(self._t, misses=self.cache.misses)
         clips, ok = [], []
         for s in self.chunks[i]:
             try:
-                frames = [self._frame(p) for p in s.clip_paths]  # each [V, 3, crop, crop]
+                frames = [self.cache.get(p) for p in s.clip_paths]  # each [V, 3, crop, crop]
                 clips.append(torch.stack(frames, dim=1))  # [V, T, 3, crop, crop]
                 ok.append(True)
             except DataError as e:
