@@ -30,6 +30,19 @@ def load_preprocessed(path: Path, crop: int) -> torch.Tensor:
     return preprocess_frames(read_frame(path).unsqueeze(0), crop)[0]
 
 
+def sample_fields(s: Sample, target: str) -> dict:
+    """The label and identity keys every batch carries, whether its input is ``video`` (clips) or
+    ``tokens`` (feature store): target (hard or soft), label, rater_mean, sample_id, video_id, frame."""
+    return {
+        "target": torch.tensor(s.target(target), dtype=torch.float32),
+        "label": torch.tensor(s.label, dtype=torch.float32),
+        "rater_mean": torch.tensor(s.rater_mean, dtype=torch.float32),
+        "sample_id": s.sample_id,
+        "video_id": s.video_id,
+        "frame": s.frame,
+    }
+
+
 class ClipDataset(Dataset):
     """Keyframe clips with their targets.
 
@@ -66,15 +79,7 @@ class ClipDataset(Dataset):
                 raise
             log.warning("skipping keyframe %s (on_bad_sample=skip): %s", s.sample_id, e)
             return None
-        return {
-            "video": video,
-            "target": torch.tensor(s.target(self.target), dtype=torch.float32),
-            "label": torch.tensor(s.label, dtype=torch.float32),
-            "rater_mean": torch.tensor(s.rater_mean, dtype=torch.float32),
-            "sample_id": s.sample_id,
-            "video_id": s.video_id,
-            "frame": s.frame,
-        }
+        return {"video": video, **sample_fields(s, self.target)}
 
     def load_clip(self, s: Sample) -> torch.Tensor:
         """float32 ``[T, 3, crop, crop]`` for the sample's clip (padding repeats reuse one frame)."""

@@ -13,11 +13,10 @@ from __future__ import annotations
 import dataclasses
 import logging
 
-import torch
 from torch.utils.data import Dataset
 
 from ..config import RunConfig
-from ..data.dataset import TARGET_MODES
+from ..data.dataset import TARGET_MODES, sample_fields
 from ..data.endoscapes import Sample, load_splits
 from ..data.loaders import SplitData, split_names
 from ..errors import ConfigError
@@ -63,15 +62,7 @@ class StoreDataset(Dataset):
             log.warning("skipping keyframe %s: its clip failed to load at extraction (on_bad_sample=skip)",
                         s.sample_id)
             return None
-        return {
-            "tokens": self.reader.read(row, self.view),
-            "target": torch.tensor(s.target(self.target), dtype=torch.float32),
-            "label": torch.tensor(s.label, dtype=torch.float32),
-            "rater_mean": torch.tensor(s.rater_mean, dtype=torch.float32),
-            "sample_id": s.sample_id,
-            "video_id": s.video_id,
-            "frame": s.frame,
-        }
+        return {"tokens": self.reader.read(row, self.view), **sample_fields(s, self.target)}
 
 
 def open_store(cfg: RunConfig, backbone=None, check_weights: bool = True) -> FeatureStore:
