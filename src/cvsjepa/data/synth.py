@@ -27,8 +27,10 @@ Layout written under ``out`` (see shared/reference/endoscapes2023.md)::
                               5 s = step 125, BBox frames every 30 s = step 750)
         annotation_ds_coco.json   CVS keyframes only
         annotation_coco_vid.json  every frame; non-keyframes repeat the last keyframe's ds
-        annotation_coco.json      BBox frames (every 30 s) with one box per drawn class
-    train_seg/ val_seg/ test_seg/ relative symlinks to the masked frames + annotation_coco.json
+        annotation_coco.json      BBox frames (every 30 s) with one box per drawn class (and its
+                                  instance mask as COCO RLE on the frames that are also masked)
+    train_seg/ val_seg/ test_seg/ relative symlinks to the masked frames + annotation_coco.json, one
+                              instance per drawn class with its mask as compressed RLE (iscrowd 0)
     semseg/{vid}_{frame}.png  480x854x3, channels identical, class ids 0-6, 255 = ignore (a 2 px
                               band on every class border, where the image is blurred)
     all_metadata.csv          one row per 1 fps frame of every split
@@ -103,7 +105,7 @@ IGNORE = 255
 RATER_SLOPE = 10.0  # K in p = sigmoid(K (v - 0.5))
 JPEG_QUALITY = 90
 IGNORE_BAND_PX = 2
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2  # 2: instance masks (COCO RLE) in the *_seg annotation files
 
 # Internal paint ids (several shades per class); _CLASS_OF maps them to the seg class ids.
 _BG, _LIVER, _FAT, _PLATE, _GB, _GB_SHINE, _TRI, _DUCT, _ARTERY, _TOOL, _TOOL_SHINE = range(11)
@@ -374,8 +376,11 @@ def _seg_mask(ids: np.ndarray) -> np.ndarray:
     return out
 
 
-def _boxes(ids: np.ndarray, min_px: int = 40) -> list[tuple[int, list[float], int]]:
-    """(category id, [x, y, w, h], area) of each seg class drawn in the frame."""
+def _boxes(ids: np.ndarray, min_px: int = 40, rle: bool = False) -> list[tuple]:
+    """(category id, [x, y, w, h], area, RLE or None) of each seg class drawn in the frame. With ``rle``
+    the instance mask (every pixel of the class, no ignore band) comes as compressed COCO RLE."""
+    from pycocotools import mask as mask_utils
+
     cls = _CLASS_OF[ids]
     out = []
     for c in range(1, len(SEG_CLASSES)):
@@ -386,7 +391,11 @@ def _boxes(ids: np.ndarray, min_px: int = 40) -> list[tuple[int, list[float], in
         ys = np.flatnonzero(m.any(1))
         xs = np.flatnonzero(m.any(0))
         x0, x1, y0, y1 = int(xs[0]), int(xs[-1]) + 1, int(ys[0]), int(ys[-1]) + 1
-        out.append((c, [float(x0), float(y0), float(x1 - x0), float(y1 - y0)], area))
+        seg = None
+        if rle:
+            enc = mask_utils.encode(np.asfortranarray(m.astype(np.uint8)))
+            seg = {"size": [int(v) for v in enc["size"]], "counts": enc["counts"].decode("ascii")}
+        out.append((c, [float(x0), float(y0), float(x1 - x0), float(y1 - y0)], area, seg))
     return out
 
 
@@ -405,9 +414,12 @@ def _render_video(args: tuple[_Video, str, int]) -> tuple[int, dict[int, list]]:
         ids = _paint(video, t)
         img = _compose(video, t, ids, tex)
         Image.fromarray(img).save(root / video.split / frame_name(video.vid, frame), quality=JPEG_QUALITY)
-        if t % DET_EVERY_S == 0:
+        masked = video.seg and t % seg_every_s == 0
+        if masked:  # every drawn class, with its instance mask
+            boxes[frame] = _boxes(ids, min_px=1, rle=True)
+        elif t % DET_EVERY_S == 0:
             boxes[frame] = _boxes(ids)
-        if video.seg and t % seg_every_s == 0:
+        if masked:
             m = _seg_mask(ids)
             Image.fromarray(np.repeat(m[..., None], 3, axis=2)).save(
                 root / "semseg" / f"{video.vid}_{frame}.png", optimize=False)
@@ -636,20 +648,22 @@ def _write_annotations(tmp: Path, all_videos: list[_Video], split_vids: dict, se
                 if is_key:
                     ds_images.append(entry)
                 has_mask = video.seg and t % seg_every_s == 0
+                anns = []
+                for cat, bbox, area, rle in boxes[vid].get(frame, []):
+                    ann = {"id": ann_id, "image_id": entry["id"], "category_id": cat, "bbox": bbox,
+                           "area": float(area), "iscrowd": 0}
+                    if rle is not None:
+                        ann["segmentation"] = rle
+                    anns.append(ann)
+                    ann_id += 1
                 if has_mask:
                     seg_images.append(entry)
+                    seg_anns += anns
                     os.symlink(os.path.join("..", split, entry["file_name"]),
                                tmp / f"{split}_seg" / entry["file_name"])
                 if frame % DET_STEP == 0:
                     det_images.append(entry)
-                    anns = []
-                    for cat, bbox, area in boxes[vid][frame]:
-                        anns.append({"id": ann_id, "image_id": entry["id"], "category_id": cat, "bbox": bbox,
-                                     "area": float(area), "iscrowd": 0})
-                        ann_id += 1
                     det_anns += anns
-                    if has_mask:
-                        seg_anns += anns
                 csv_rows.append([
                     str(vid), str(frame), _fmt(sum(ds) / 3.0), *(_fmt(x) for x in ds), str(is_key),
                     *((str([int(x) for x in votes[r]]) if is_key else "") for r in range(3)),
