@@ -149,6 +149,9 @@ class SegConfig:
     # background, cystic_plate, calot_triangle, cystic_artery, cystic_duct; all 7: [0, 1, 2, 3, 4, 5, 6]
     classes: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4])
     decoder_dim: int = 256
+    # where masks come from: semseg = semseg/{vid}_{frame}.png; coco = the instance masks (RLE or
+    # polygons) of {train,val,test}_seg/annotation_coco.json; auto = the PNG when there is one, else COCO
+    masks: str = "auto"
 
 
 @dataclass
@@ -187,6 +190,7 @@ _CHOICES = {
     "train.on_nonfinite": ("error", "skip"),
     "features.dtype": ("float16", "bfloat16", "float32"),
     "features.pool": ("none", "avg2x2"),
+    "seg.masks": ("auto", "semseg", "coco"),
 }
 
 

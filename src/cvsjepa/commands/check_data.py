@@ -32,7 +32,8 @@ def run(args) -> int:
     report = check_dataset(Path(args.root), tuple(args.splits), args.frames, args.stride,
                            decode=not args.no_decode, progress=not args.no_progress)
     print_table(report.rows)
-    print(f"\n{report.frames_decoded} clip frames decoded, {report.masks_checked} masks checked")
+    print(f"\n{report.frames_decoded} clip frames decoded, {report.masks_checked} semseg masks and "
+          f"{report.coco_masks_checked} COCO instance-mask frames checked")
     if report.usable:
         print("no problem found: the dataset is usable")
         return 0

@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 from ..errors import DataError
 from .endoscapes import SplitIndex, label_prevalence, load_split
 from .frames import looks_like_link_placeholder, read_frame
-from .masks import read_semseg
+from .masks import CocoMasks, read_semseg
 
 # Endoscapes2023 as published (reference/endoscapes2023.md): videos, 1 fps frames, CVS keyframes.
 PUBLISHED = {"train": (120, 36694, 6960), "val": (41, 12372, 2331), "test": (40, 9747, 1799)}
@@ -28,6 +28,7 @@ class CheckReport:
     problems: list[tuple[str, str]] = field(default_factory=list)  # (file or item, what is wrong)
     frames_decoded: int = 0
     masks_checked: int = 0
+    coco_masks_checked: int = 0  # frames of *_seg/annotation_coco.json whose instance masks decoded
 
     @property
     def usable(self) -> bool:
@@ -109,6 +110,31 @@ def _check_masks(root: Path, report: CheckReport, progress: bool) -> None:
         except DataError as e:
             report.problems.append((str(path), str(e)))
     report.masks_checked = len(masks)
+    try:
+        coco = CocoMasks.find(root)
+    except DataError as e:
+        report.problems.append(("*_seg/annotation_coco.json", str(e)))
+        return
+    for (vid, frame), (path, img, _) in tqdm(sorted(coco.frames.items()), desc="checking COCO masks",
+                                             unit="mask", disable=not progress or not len(coco)):
+        frame_file = path.parent / Path(str(img.get("file_name", ""))).name
+        try:
+            hw = _image_hw(frame_file) if frame_file.is_file() else None
+            coco.semantic(vid, frame, expected_hw=hw)
+        except DataError as e:
+            report.problems.append((str(path), str(e)))
+    report.coco_masks_checked = len(coco)
+
+
+def _image_hw(path: Path) -> tuple[int, int] | None:
+    """(height, width) of a frame, or None when it cannot be read (the frame check reports that)."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as img:
+            return int(img.height), int(img.width)
+    except (UnidentifiedImageError, OSError):
+        return None
 
 
 def _check_published_counts(report: CheckReport) -> None:

@@ -419,6 +419,11 @@ def _check_placeholder(path: Path) -> None:
 
 
 def _read_json_images(path: Path) -> list:
+    return read_coco(path)["images"]
+
+
+def read_coco(path: Path) -> dict:
+    """A COCO file's JSON object, with an ``images`` list; DataError naming the file otherwise."""
     _check_placeholder(path)
     try:
         data = json.loads(path.read_bytes())
@@ -431,10 +436,10 @@ def _read_json_images(path: Path) -> list:
     if not isinstance(images, list):
         raise DataError(f"{path} has no 'images' list; expected a COCO file whose images[*] carry "
                         "file_name, video_id and ds")
-    return images
+    return data
 
 
-def _coco_image_ids(img: dict, where: str) -> tuple[int, int, str]:
+def coco_image_ids(img: dict, where: str) -> tuple[int, int, str]:
     """(video_id, frame, file name) of a COCO image; the frame number comes from the file name."""
     name = img.get("file_name")
     if name is None:
@@ -463,7 +468,7 @@ def _keyframes_from_coco(path: Path, require_flag: bool, issues: _Issues) -> lis
             is_key = _as_bool(flag, where, "is_ds_keyframe") if flag is not None else not require_flag
             if not is_key:
                 continue
-            vid, frame, name = _coco_image_ids(img, where)
+            vid, frame, name = coco_image_ids(img, where)
             where = f"{path} image {i} ({name})"
             if "ds" not in img:
                 raise DataError(f"{where} has no 'ds' (the 3 rater means C1, C2, C3)")
@@ -482,7 +487,7 @@ def _frames_from_coco(path: Path, issues: _Issues) -> tuple[dict[int, set[int]],
         try:
             if not isinstance(img, dict):
                 raise DataError(f"{where} is not a JSON object")
-            vid, frame, name = _coco_image_ids(img, where)
+            vid, frame, name = coco_image_ids(img, where)
         except DataError as e:
             issues.report(where, e)
             continue

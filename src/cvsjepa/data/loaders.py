@@ -43,6 +43,11 @@ def build_splits(cfg: RunConfig, crop: int,
     frame_bytes = 3 * crop * crop * 4  # one preprocessed float32 frame
     cache_frames = max(64, cfg.data.frame_cache_mb * 2**20 // frame_bytes // max(1, len(names)))
     out = {}
+    coco = None  # COCO instance masks, read once for all splits when a run may need them
+    if cfg.seg.enabled and cfg.seg.masks != "semseg":
+        from .masks import CocoMasks
+
+        coco = CocoMasks.find(Path(cfg.data.root))
     for role, name in names.items():
         index = indices[name]
         if index.skipped:
@@ -54,7 +59,7 @@ def build_splits(cfg: RunConfig, crop: int,
             from .seg_dataset import SegClipDataset
 
             ds = SegClipDataset(index.samples, mask_dir=Path(cfg.data.root) / "semseg", classes=cfg.seg.classes,
-                                **kwargs)
+                                masks=cfg.seg.masks, coco=coco, **kwargs)
         else:
             ds = ClipDataset(index.samples, **kwargs)
         out[role] = SplitData(index, ds)

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from .dataset import ClipDataset
-from .masks import IGNORE, read_semseg
+from .masks import IGNORE, CocoMasks, read_semseg
 from .transforms import crop_box
 
 
@@ -37,22 +37,49 @@ def remap_classes(mask: torch.Tensor, classes: list[int]) -> torch.Tensor:
 
 
 class SegClipDataset(ClipDataset):
-    def __init__(self, samples, crop: int, mask_dir: Path, classes: list[int], **kwargs):
+    """``masks``: "semseg" reads ``semseg/{vid}_{frame}.png``; "coco" paints the instance masks of
+    ``coco`` (default: the ``*_seg/annotation_coco.json`` files next to ``mask_dir``); "auto" takes
+    the PNG when there is one and COCO otherwise."""
+
+    def __init__(self, samples, crop: int, mask_dir: Path, classes: list[int], masks: str = "auto",
+                 coco: CocoMasks | None = None, **kwargs):
         super().__init__(samples, crop=crop, **kwargs)
+        if masks not in ("auto", "semseg", "coco"):
+            raise ValueError(f"masks={masks!r}")
         self.mask_dir = Path(mask_dir)
         self.classes = list(classes)
+        self.masks = masks
+        if masks != "semseg" and coco is None:
+            coco = CocoMasks.find(self.mask_dir.parent)
+        self.coco = coco
 
     def mask_path(self, sample) -> Path:
         return self.mask_dir / f"{sample.video_id}_{sample.frame}.png"
+
+    def mask_source(self, sample) -> str | None:
+        """"semseg", "coco" or None (no mask for this keyframe)."""
+        if self.masks != "coco" and self.mask_path(sample).exists():
+            return "semseg"
+        if self.masks != "semseg" and self.coco.has(sample.video_id, sample.frame):
+            return "coco"
+        return None
+
+    def raw_mask(self, sample) -> np.ndarray | None:
+        """uint8 [H, W] class ids at the frame's own size (255 = ignore), or None."""
+        source = self.mask_source(sample)
+        if source is None:
+            return None
+        hw = _frame_hw(sample.clip_paths[-1])
+        if source == "semseg":
+            return read_semseg(self.mask_path(sample), expected_hw=hw)
+        return self.coco.semantic(sample.video_id, sample.frame, expected_hw=hw)
 
     def __getitem__(self, i: int) -> dict | None:
         item = super().__getitem__(i)
         if item is None:
             return None
-        s = self.samples[i]
-        path = self.mask_path(s)
-        if path.exists():
-            raw = read_semseg(path, expected_hw=tuple(int(x) for x in _frame_hw(s.clip_paths[-1])))
+        raw = self.raw_mask(self.samples[i])
+        if raw is not None:
             item["mask"] = remap_classes(preprocess_mask(raw, self.crop), self.classes)
             item["has_mask"] = True
         else:
@@ -65,4 +92,4 @@ def _frame_hw(path: Path) -> tuple[int, int]:
     from PIL import Image
 
     with Image.open(path) as img:
-        return img.height, img.width
+        return int(img.height), int(img.width)

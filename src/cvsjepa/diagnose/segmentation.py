@@ -35,9 +35,10 @@ def seg_check(model, cfg, sd, class_names: list[str], samples: int, seed: int, o
         raise ConfigError("this run has no segmentation decoder (seg.enabled was false); 'seg' needs a "
                           "multi-task run such as configs/exp8_multitask.yaml")
     ds = sd.dataset
-    masked = [i for i, s in enumerate(sd.index.samples) if ds.mask_path(s).exists()]
+    masked = [i for i, s in enumerate(sd.index.samples) if ds.mask_source(s) is not None]
     if not masked:
-        raise ConfigError(f"no keyframe of split {sd.index.split} has a mask in {ds.mask_dir}")
+        raise ConfigError(f"no keyframe of split {sd.index.split} has a mask in {ds.mask_dir} "
+                          f"(seg.masks={ds.masks}) or in the *_seg/annotation_coco.json files")
     rng = np.random.default_rng(seed)
     pick = sorted(rng.choice(masked, size=min(samples, len(masked)), replace=False).tolist())
     model.eval()
