@@ -18,10 +18,12 @@ def add_parser(sub) -> None:
                     "curves: train/val mAP and the gap of RUN and --runs on one plot.")
     d.add_argument("run", metavar="RUN", help="run directory written by `cvsjepa train`")
     d.add_argument("analyses", nargs="*", default=["all"], metavar="ANALYSIS",
-                   help="attention, categories, entropy, curves or all (default: all)")
+                   help="attention, categories, entropy, curves or all (default: all); seg (the segmentation "
+                        "grid of a multi-task run, e.g. exp8) is not part of all and must be named")
     d.add_argument("--split", choices=("val", "test"), default="val", help="split to analyse (default: val)")
     d.add_argument("--samples", type=int, default=2, metavar="N",
-                   help="attention heatmaps for up to N sampled clips per label category (default 2)")
+                   help="attention heatmaps for up to N sampled clips per label category (default 2); seg "
+                        "shows max(N, 4) masked clips")
     d.add_argument("--sample-ids", nargs="+", default=None, metavar="ID",
                    help="heatmaps for these clips instead (ids as in predictions_<split>.csv, e.g. 7_125)")
     d.add_argument("--entropy-samples", type=int, default=8, metavar="N",
