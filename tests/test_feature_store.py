@@ -204,6 +204,32 @@ def test_interrupted_extraction_discards_partial_shards(stores, synth_root, tmp_
     assert shard_bytes(store) == shard_bytes(stores["fp16"])
 
 
+def test_a_full_disk_mid_shard_keeps_the_finished_shards(stores, synth_root, tmp_path, monkeypatch, capsys):
+    import errno
+
+    import numpy as np
+
+    store = tmp_path / "full"
+    real = np.lib.format.write_array
+    calls = []
+
+    def disk_fills(f, arr, **k):
+        calls.append(1)
+        if len(calls) == 3:  # the third shard: half its bytes land, then the disk is full
+            f.write(b"\x93NUMPY" + b"\0" * 100)
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(f, arr, **k)
+
+    monkeypatch.setattr(np.lib.format, "write_array", disk_fills)
+    rc = main(["extract", *store_args(synth_root, store), "--no-progress"])
+    assert rc != 0 and "disk full while writing shard" in capsys.readouterr().err
+    assert not list(store.rglob(".tmp-*"))
+    assert len(manifest_splits(store)["train"]["shards"]) == 2  # both finished shards are listed
+    monkeypatch.setattr(np.lib.format, "write_array", real)
+    make_store(synth_root, store)  # resumes
+    assert shard_bytes(store) == shard_bytes(stores["fp16"])
+
+
 def test_a_frame_that_fails_under_skip_is_left_out_at_extraction_and_training(synth_root, tmp_path):
     root = tmp_path / "data"
     shutil.copytree(synth_root, root, symlinks=True)

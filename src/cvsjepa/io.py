@@ -23,7 +23,11 @@ class DiskFullError(CVSJepaError):
     """No space left while writing; the previous version of the file is intact."""
 
 
-def _atomic(path: Path, write: Callable[[Path], None]) -> None:
+def atomic_write(path: Path, write: Callable[[Path], None], disk_full: str = "") -> None:
+    """``write(tmp)`` fills a temporary file next to ``path``; it is fsync'ed and renamed over
+    ``path``, and the folder is fsync'ed so the rename itself survives a power cut. On any failure
+    the temporary file is removed; a full disk raises :class:`DiskFullError` (``disk_full``
+    replaces its default message)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".tmp-{path.name}.", dir=path.parent)
@@ -34,11 +38,16 @@ def _atomic(path: Path, write: Callable[[Path], None]) -> None:
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
     except OSError as e:
         tmp.unlink(missing_ok=True)
         if e.errno == 28:  # ENOSPC
-            raise DiskFullError(f"disk full while writing {path}; the previous version (if any) is "
-                                f"intact. Free space and run again.") from e
+            raise DiskFullError(disk_full or f"disk full while writing {path}; the previous version (if any) "
+                                             f"is intact. Free space and run again.") from e
         raise
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -46,7 +55,7 @@ def _atomic(path: Path, write: Callable[[Path], None]) -> None:
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    _atomic(path, lambda p: p.write_text(text))
+    atomic_write(path, lambda p: p.write_text(text))
 
 
 def atomic_write_json(path: Path, obj: Any) -> None:
@@ -65,13 +74,13 @@ def _json_default(o: Any) -> Any:
 
 def atomic_save_safetensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict | None = None) -> None:
     tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
-    _atomic(path, lambda p: save_file(tensors, str(p), metadata=metadata))
+    atomic_write(path, lambda p: save_file(tensors, str(p), metadata=metadata))
 
 
 def atomic_torch_save(path: Path, obj: Any) -> None:
     """For resume state only (optimizer, RNG): plain containers of tensors and numbers, so it loads
     back with ``torch.load(weights_only=True)``."""
-    _atomic(path, lambda p: torch.save(obj, p))
+    atomic_write(path, lambda p: torch.save(obj, p))
 
 
 def load_safetensors(path: Path) -> dict[str, torch.Tensor]:

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import __version__
-from ..io import DiskFullError, atomic_write_json
+from ..io import atomic_write, atomic_write_json
 from .store import (MANIFEST, STORE_FORMAT, STORE_FORMAT_VERSION, FeatureStore, FeatureStoreError, ShardCorruptError,
                     StoreKeyError, check_key, check_shard, shard_name)
 
@@ -188,31 +188,17 @@ class _HashingFile:
 
 
 def _write_npy_atomic(path: Path, arr: np.ndarray) -> tuple[str, int]:
-    """temp file in the same folder -> write (hashing) -> fsync -> rename -> fsync the folder."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".tmp-{path.name}.{os.getpid()}")
-    try:
+    """Write a shard atomically (:func:`cvsjepa.io.atomic_write`), hashing its bytes on the way."""
+    hashed: list[_HashingFile] = []
+
+    def write(tmp: Path) -> None:
         with open(tmp, "wb") as f:
-            hf = _HashingFile(f)
-            np.lib.format.write_array(hf, np.ascontiguousarray(arr), allow_pickle=False)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        if e.errno == 28:  # ENOSPC
-            raise DiskFullError(f"disk full while writing shard {path}; finished shards are intact. Free space "
-                                f"and run the same `cvsjepa extract` again to resume") from e
-        raise
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return hf.h.hexdigest(), hf.n
+            hashed.append(_HashingFile(f))
+            np.lib.format.write_array(hashed[0], np.ascontiguousarray(arr), allow_pickle=False)
+
+    atomic_write(path, write, disk_full=f"disk full while writing shard {path}; finished shards are intact. "
+                                        f"Free space and run the same `cvsjepa extract` again to resume")
+    return hashed[0].h.hexdigest(), hashed[0].n
 
 
 class RankShardWriter:
