@@ -34,7 +34,7 @@ from transformers import Dinov2Config, Dinov2Model, Dinov2WithRegistersConfig, D
 
 from ..config import BackboneConfig
 from ..errors import ConfigError
-from . import _hf
+from . import _hf, presets
 from .base import Backbone, resolve_layers
 from .flops import per_frame_vit_flops
 
@@ -60,18 +60,11 @@ _TOKEN_KEYS = _SHAPE_KEYS + ("image_size", "layer_norm_eps", "hidden_act", "qkv_
 
 
 def preset_config(preset: str, attn_implementation: str = "sdpa") -> Dinov2Config:
-    if preset not in PRESETS:
-        raise ConfigError(f"backbone.preset={preset!r} is not a {FAMILY} preset ({', '.join(PRESETS)})")
-    return Dinov2Config(**PRESETS[preset], attn_implementation=attn_implementation)
+    return presets.named_config(PRESETS, preset, Dinov2Config, FAMILY, attn_implementation)
 
 
 def match_preset(config: Any) -> str:
-    for name, kw in PRESETS.items():
-        ref = Dinov2Config(**kw)
-        if all(getattr(config, k) == getattr(ref, k) for k in _SHAPE_KEYS) and not getattr(config, "use_swiglu_ffn",
-                                                                                           False):
-            return name
-    return "custom"
+    return presets.match_preset(PRESETS, config, Dinov2Config, _SHAPE_KEYS + ("use_swiglu_ffn",))
 
 
 @lru_cache(maxsize=None)
@@ -90,18 +83,11 @@ def preset_flops(preset: str, num_frames: int = 16) -> int:
 
 
 def list_dinov2_presets(num_frames: int = 16) -> list[dict[str, Any]]:
-    rows = []
-    for name, kw in PRESETS.items():
-        side = CROPS[name] // kw["patch_size"]
-        rows.append({
-            "name": name, "family": FAMILY, "params": _params(name), "params_scope": "encoder (per frame)",
-            "embed_dim": kw["hidden_size"], "layers": kw["num_hidden_layers"], "heads": kw["num_attention_heads"],
-            "crop_size": CROPS[name], "patch_size": kw["patch_size"], "tubelet_size": 1,
-            "clip_frames": num_frames, "tokens_per_clip": num_frames * side * side,
-            "tokens_per_16_frames": 16 * side * side, "flops_per_clip": preset_flops(name, num_frames),
-            "weights": "random (built in)" if name == "tiny" else f"local HF dir, e.g. {HF_REPOS[name]}",
-        })
-    return rows
+    return [presets.preset_row(
+        name, FAMILY, kw, params=_params(name), params_scope="encoder (per frame)", crop=CROPS[name], tubelet=1,
+        clip_frames=num_frames, flops=preset_flops(name, num_frames),
+        weights="random (built in)" if name == "tiny" else f"local HF dir, e.g. {HF_REPOS[name]}")
+        for name, kw in PRESETS.items()]
 
 
 class Dinov2FramesBackbone(Backbone):

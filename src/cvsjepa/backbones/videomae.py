@@ -42,7 +42,7 @@ from transformers import VideoMAEConfig, VideoMAEModel
 
 from ..config import BackboneConfig
 from ..errors import ConfigError
-from . import _hf
+from . import _hf, presets
 from .base import Backbone, resolve_layers
 from .flops import video_vit_flops
 
@@ -68,17 +68,11 @@ _TOKEN_KEYS = _SHAPE_KEYS + ("layer_norm_eps", "hidden_act", "qv_bias", "use_mea
 
 
 def preset_config(preset: str, attn_implementation: str = "sdpa") -> VideoMAEConfig:
-    if preset not in PRESETS:
-        raise ConfigError(f"backbone.preset={preset!r} is not a {FAMILY} preset ({', '.join(PRESETS)})")
-    return VideoMAEConfig(**PRESETS[preset], attn_implementation=attn_implementation)
+    return presets.named_config(PRESETS, preset, VideoMAEConfig, FAMILY, attn_implementation)
 
 
 def match_preset(config: VideoMAEConfig) -> str:
-    for name, kw in PRESETS.items():
-        ref = VideoMAEConfig(**kw)
-        if all(getattr(config, k) == getattr(ref, k) for k in _SHAPE_KEYS):
-            return name
-    return "custom"
+    return presets.match_preset(PRESETS, config, VideoMAEConfig, _SHAPE_KEYS)
 
 
 @lru_cache(maxsize=None)
@@ -103,20 +97,11 @@ def preset_flops(preset: str, num_frames: int | None = None) -> int:
 def list_videomae_presets(num_frames: int = 16) -> list[dict[str, Any]]:
     """Rows for ``cvsjepa backbones``. VideoMAE's positions are fixed: a preset is listed at its own
     clip length (``clip_frames``), which is the only one it runs at."""
-    rows = []
-    for name, kw in PRESETS.items():
-        side = kw["image_size"] // kw["patch_size"]
-        frames = kw["num_frames"]
-        rows.append({
-            "name": name, "family": FAMILY, "params": _params(name), "params_scope": "encoder",
-            "embed_dim": kw["hidden_size"], "layers": kw["num_hidden_layers"], "heads": kw["num_attention_heads"],
-            "crop_size": kw["image_size"], "patch_size": kw["patch_size"], "tubelet_size": kw["tubelet_size"],
-            "clip_frames": frames, "tokens_per_clip": (frames // kw["tubelet_size"]) * side * side,
-            "tokens_per_16_frames": (16 // kw["tubelet_size"]) * side * side if frames == 16 else None,
-            "flops_per_clip": preset_flops(name),
-            "weights": "random (built in)" if name == "tiny" else f"local HF dir, e.g. {HF_REPOS[name]}",
-        })
-    return rows
+    return [presets.preset_row(
+        name, FAMILY, kw, params=_params(name), params_scope="encoder", crop=kw["image_size"],
+        tubelet=kw["tubelet_size"], clip_frames=kw["num_frames"], flops=preset_flops(name), fixed_frames=True,
+        weights="random (built in)" if name == "tiny" else f"local HF dir, e.g. {HF_REPOS[name]}")
+        for name, kw in PRESETS.items()]
 
 
 class VideoMAEBackbone(Backbone):

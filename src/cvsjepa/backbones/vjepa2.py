@@ -42,7 +42,7 @@ from transformers import VJEPA2Config, VJEPA2Model
 
 from ..config import BackboneConfig
 from ..errors import ConfigError
-from . import _hf
+from . import _hf, presets
 from .base import Backbone, resolve_layers
 from .flops import video_vit_flops
 
@@ -79,18 +79,12 @@ PREDICTOR_NOTE = ("the predictor is not converted (classification never runs it)
 
 def preset_config(preset: str, attn_implementation: str = "sdpa") -> VJEPA2Config:
     """The ``VJEPA2Config`` of a named preset; ConfigError naming ``backbone.preset`` if unknown."""
-    if preset not in PRESETS:
-        raise ConfigError(f"backbone.preset={preset!r} is not one of {', '.join(PRESETS)}")
-    return VJEPA2Config(**PRESETS[preset], attn_implementation=attn_implementation)
+    return presets.named_config(PRESETS, preset, VJEPA2Config, FAMILY, attn_implementation)
 
 
 def match_preset(config: VJEPA2Config) -> str:
     """Name of the preset with this encoder shape, or ``"custom"``."""
-    for name, kw in PRESETS.items():
-        ref = VJEPA2Config(**kw)
-        if all(abs(float(getattr(config, k)) - float(getattr(ref, k))) < 1e-6 for k in _SHAPE_KEYS):
-            return name
-    return "custom"
+    return presets.match_preset(PRESETS, config, VJEPA2Config, _SHAPE_KEYS)
 
 
 @lru_cache(maxsize=None)
@@ -112,21 +106,13 @@ def preset_flops(preset: str, num_frames: int = 16) -> int:
 def list_vjepa2_presets(num_frames: int = 16) -> list[dict[str, Any]]:
     """One row per preset: name, family, params (encoder only), embed dim, tokens and forward FLOPs
     per clip of ``num_frames`` frames."""
-    rows = []
-    for name, kw in PRESETS.items():
-        side = kw["crop_size"] // kw["patch_size"]
-        rows.append({
-            "name": name, "family": FAMILY, "params": _encoder_params(name),
-            "params_scope": "encoder only (predictor excluded)",
-            "embed_dim": kw["hidden_size"], "layers": kw["num_hidden_layers"], "heads": kw["num_attention_heads"],
-            "crop_size": kw["crop_size"], "patch_size": kw["patch_size"], "tubelet_size": kw["tubelet_size"],
-            "clip_frames": num_frames, "tokens_per_clip": (num_frames // kw["tubelet_size"]) * side * side,
-            "tokens_per_16_frames": (16 // kw["tubelet_size"]) * side * side,
-            "flops_per_clip": preset_flops(name, num_frames),
-            "weights": "random (built in)" if name == "tiny" else
-                       f"local HF dir (e.g. {HF_REPOS[name]}) or Meta {_META_FILES[name]}",
-        })
-    return rows
+    return [presets.preset_row(
+        name, FAMILY, kw, params=_encoder_params(name), params_scope="encoder only (predictor excluded)",
+        crop=kw["crop_size"], tubelet=kw["tubelet_size"], clip_frames=num_frames,
+        flops=preset_flops(name, num_frames),
+        weights="random (built in)" if name == "tiny" else
+                f"local HF dir (e.g. {HF_REPOS[name]}) or Meta {_META_FILES[name]}")
+        for name, kw in PRESETS.items()]
 
 
 _META_FILES = {"vitl": "vitl.pt", "vith": "vith.pt", "vitg": "vitg.pt", "vitg384": "vitg-384.pt"}
