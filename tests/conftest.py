@@ -22,6 +22,18 @@ def synth_root(tmp_path_factory) -> Path:
 @pytest.fixture
 def tiny_overrides(synth_root, tmp_path) -> list[str]:
     """A fast training config on the session's synthetic data."""
-    return ["backbone=tiny", f"data.root={synth_root}", f"out={tmp_path / 'run'}", "data.frames=4",
-            "head.num_heads=4", "head.mlp_hidden=32", "train.batch_size=8", "train.epochs=2",
-            "train.lr=1e-3", "train.patience=0"]
+    from tiny_runs import tiny_train_args
+
+    return tiny_train_args(synth_root, tmp_path / "run")
+
+
+@pytest.fixture(scope="module")
+def single_thread():
+    """Tiny models: two OpenMP threads only contend (badly, on a shared 2-core machine). A module
+    opts in with ``pytestmark = pytest.mark.usefixtures("single_thread")``."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

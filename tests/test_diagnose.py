@@ -17,17 +17,13 @@ from cvsjepa.diagnose.attention import mean_map, normalised_entropy, temporal_sl
 from cvsjepa.diagnose.criteria import (CATEGORIES, categories, category, category_table, criterion_comparison,
                                        pick_per_category, wrong_class)
 from cvsjepa.diagnose.curves import curve_summary
+from tiny_runs import train_tiny_run
 
 
 @pytest.fixture(scope="module")
 def run_dir(synth_root, tmp_path_factory) -> Path:
     """One small trained run for the module (tiny random backbone, 4-frame clips, 2 epochs)."""
-    out = tmp_path_factory.mktemp("diag") / "run"
-    rc = main(["train", "backbone=tiny", f"data.root={synth_root}", "data.frames=4", "head.num_heads=4",
-               "head.mlp_hidden=32", "train.batch_size=8", "train.epochs=2", "train.lr=1e-3", "train.patience=0",
-               f"out={out}", "--no-progress"])
-    assert rc == 0
-    return out
+    return train_tiny_run(synth_root, tmp_path_factory.mktemp("diag") / "run", frames=4)
 
 
 # ------------------------------------------------------------------ pure functions

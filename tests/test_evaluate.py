@@ -28,17 +28,13 @@ from cvsjepa.evaluate.scores import f1_score, full_cvs, point_metrics
 from cvsjepa.evaluate.thresholds import choose_thresholds
 from cvsjepa.evaluate.tta import (TTASettings, crop_and_normalise, predict_tta, resize_frame, shifted_clip_paths,
                                   view_window)
+from tiny_runs import train_tiny_run
 
 
 @pytest.fixture(scope="module")
 def run_dir(synth_root, tmp_path_factory) -> Path:
     """One small trained run for the module (tiny random backbone, 2-frame clips, 2 epochs)."""
-    out = tmp_path_factory.mktemp("eval") / "run"
-    rc = main(["train", "backbone=tiny", f"data.root={synth_root}", "data.frames=2", "head.num_heads=4",
-               "head.mlp_hidden=32", "train.batch_size=8", "train.epochs=2", "train.lr=1e-3", "train.patience=0",
-               f"out={out}", "--no-progress"])
-    assert rc == 0
-    return out
+    return train_tiny_run(synth_root, tmp_path_factory.mktemp("eval") / "run", frames=2)
 
 
 @pytest.fixture(scope="module")

@@ -42,13 +42,7 @@ def make_store(root, store, *extra):
     return extract(load_config(None, store_args(root, store, *extra)), progress=False)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models: two OpenMP threads only contend (badly, on a shared 2-core machine)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture(scope="module")

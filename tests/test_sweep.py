@@ -27,13 +27,7 @@ def args(root, store, out, *extra) -> list[str]:
             "train.epochs=3", "train.patience=0", f"out={out}", *extra]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny heads: two OpenMP threads only contend (badly, on a shared 2-core machine)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture(scope="module")
