@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 
 from ..errors import DataError
 from .endoscapes import SplitIndex, label_prevalence, load_split
-from .frames import looks_like_link_placeholder, read_frame
+from .frames import frame_size, looks_like_link_placeholder, read_frame
 from .masks import CocoMasks, read_semseg
 
 # Endoscapes2023 as published (reference/endoscapes2023.md): videos, 1 fps frames, CVS keyframes.
@@ -117,24 +117,15 @@ def _check_masks(root: Path, report: CheckReport, progress: bool) -> None:
         return
     for (vid, frame), (path, img, _) in tqdm(sorted(coco.frames.items()), desc="checking COCO masks",
                                              unit="mask", disable=not progress or not len(coco)):
-        frame_file = path.parent / Path(str(img.get("file_name", ""))).name
+        try:  # an unreadable frame is the frame check's to report; its mask is then checked without a size
+            hw = frame_size(path.parent / Path(str(img.get("file_name", ""))).name)
+        except DataError:
+            hw = None
         try:
-            hw = _image_hw(frame_file) if frame_file.is_file() else None
             coco.semantic(vid, frame, expected_hw=hw)
         except DataError as e:
             report.problems.append((str(path), str(e)))
     report.coco_masks_checked = len(coco)
-
-
-def _image_hw(path: Path) -> tuple[int, int] | None:
-    """(height, width) of a frame, or None when it cannot be read (the frame check reports that)."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as img:
-            return int(img.height), int(img.width)
-    except (UnidentifiedImageError, OSError):
-        return None
 
 
 def _check_published_counts(report: CheckReport) -> None:

@@ -97,6 +97,21 @@ def read_frame(path: str | os.PathLike) -> torch.Tensor:
     return torch.from_numpy(arr.copy())
 
 
+def frame_size(path: str | os.PathLike) -> tuple[int, int]:
+    """(height, width) of a frame from its header, without decoding it; DataError naming the file
+    when it is missing, a link placeholder or not an image."""
+    path = Path(path)
+    if not path.is_file():
+        raise missing_file_error(path)
+    if looks_like_link_placeholder(path):
+        raise link_placeholder_error(path)
+    try:
+        with Image.open(path) as img:
+            return int(img.height), int(img.width)
+    except (OSError, ValueError, SyntaxError) as e:
+        raise DataError(f"frame {path} cannot be read ({e}); the file is corrupt: re-extract it") from e
+
+
 class FrameCache:
     """Least-recently-used cache of per-frame tensors keyed by path.
 

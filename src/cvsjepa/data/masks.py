@@ -85,11 +85,10 @@ class CocoMasks:
     """
 
     def __init__(self, files: list[Path]):
-        self.files = [Path(f) for f in files]
         # (video_id, frame) -> (json path, image entry, [annotations])
         self.frames: dict[tuple[int, int], tuple[Path, dict, list[dict]]] = {}
-        for path in self.files:
-            self._read(path)
+        for path in files:
+            self._read(Path(path))
 
     @classmethod
     def find(cls, root: Path) -> "CocoMasks":

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from .dataset import ClipDataset
+from .frames import frame_size
 from .masks import IGNORE, CocoMasks, read_semseg
 from .transforms import crop_box
 
@@ -69,7 +70,7 @@ class SegClipDataset(ClipDataset):
         source = self.mask_source(sample)
         if source is None:
             return None
-        hw = _frame_hw(sample.clip_paths[-1])
+        hw = frame_size(sample.clip_paths[-1])
         if source == "semseg":
             return read_semseg(self.mask_path(sample), expected_hw=hw)
         return self.coco.semantic(sample.video_id, sample.frame, expected_hw=hw)
@@ -86,10 +87,3 @@ class SegClipDataset(ClipDataset):
             item["mask"] = torch.full((self.crop, self.crop), IGNORE, dtype=torch.long)
             item["has_mask"] = False
         return item
-
-
-def _frame_hw(path: Path) -> tuple[int, int]:
-    from PIL import Image
-
-    with Image.open(path) as img:
-        return int(img.height), int(img.width)
