@@ -1,10 +1,9 @@
 """Every backbone family behind the one contract: VideoMAE and per-frame DINOv2 next to V-JEPA 2
 (tiny random configs, local HF directories, refusals), FLOPs per clip against the reference, the
-`cvsjepa backbones` listing, and each family through `cvsjepa train` (and `extract` once it exists)."""
+`cvsjepa backbones` listing, and each family through `cvsjepa train` and `cvsjepa extract`."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import logging
 
@@ -224,10 +223,6 @@ def test_train_one_epoch(synth_root, tmp_path, name, layers):
         assert saved["backbone"]["layers"] == [0, 1] and saved["backbone"]["num_levels"] == 2
 
 
-HAS_EXTRACT = importlib.util.find_spec("cvsjepa.commands.extract") is not None
-
-
-@pytest.mark.skipif(not HAS_EXTRACT, reason="cvsjepa extract (src/cvsjepa/commands/extract.py) is not written yet")
 @pytest.mark.parametrize("name, layers", [("videomae", None), ("dinov2", None), ("vjepa2", "[0,1]")])
 def test_extract_then_train_from_the_store(synth_root, tmp_path, name, layers):
     store = tmp_path / "store"

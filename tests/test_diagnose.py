@@ -108,9 +108,9 @@ def test_internal_entropy_matches_transformers_attentions(run_dir):
     from cvsjepa.data.dataset import collate_skip_none
     from cvsjepa.data.loaders import build_splits
     from cvsjepa.diagnose.entropy import internal_entropy
-    from cvsjepa.evaluate.runner import load_run
+    from cvsjepa.reopen import load_run
 
-    model, cfg, _ = load_run(run_dir, torch.device("cpu"))
+    model, cfg, _ = load_run(run_dir, device=torch.device("cpu"))
     val = build_splits(cfg, 64, roles=("val",))["val"]
     loader = DataLoader(Subset(val.dataset, [0, 5, 9]), batch_size=1, collate_fn=collate_skip_none)
     res = internal_entropy(model, loader, torch.device("cpu"), progress=False)

@@ -9,10 +9,10 @@ import subprocess
 import sys
 
 import pytest
-import torch
 
-from cvsjepa.train import distributed
-from cvsjepa.train.distributed import GlobalBatchSampler
+from cvsjepa import distributed
+from cvsjepa.distributed import GlobalBatchSampler
+from resume_state import edit_resume_state
 
 FAST = ["backbone=tiny", "data.frames=4", "head.num_heads=4", "head.mlp_hidden=32", "train.batch_size=8",
         "train.epochs=2", "train.patience=0", "train.lr=3e-3", "--no-progress"]
@@ -74,9 +74,7 @@ def test_resume_on_another_world_size(synth_root, tmp_path):
     (out / "summary.json").unlink()  # pretend it stopped after epoch 1 of 2
     cfg = (out / "config.yaml").read_text().replace("epochs: 1", "epochs: 2")
     (out / "config.yaml").write_text(cfg)
-    state = torch.load(out / "checkpoints" / "last_state.pt", weights_only=True)
-    state["stage_done"] = False
-    torch.save(state, out / "checkpoints" / "last_state.pt")
+    edit_resume_state(out, lambda state: state.update(stage_done=False))
     r = subprocess.run([sys.executable, "-m", "cvsjepa", "train", "--resume", str(out), "--no-progress"],
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]

@@ -23,7 +23,8 @@ from cvsjepa.errors import ConfigError
 from cvsjepa.evaluate.bootstrap import bootstrap_ci, bootstrap_indices, percentile_ci
 from cvsjepa.evaluate.calibration import brier_score, expected_calibration_error, reliability_bins
 from cvsjepa.evaluate.inference import predict_loader
-from cvsjepa.evaluate.runner import evaluate_run, load_run
+from cvsjepa.evaluate.runner import EvalOptions, evaluate_run
+from cvsjepa.reopen import Reopen, load_run
 from cvsjepa.evaluate.scores import f1_score, full_cvs, point_metrics
 from cvsjepa.evaluate.thresholds import choose_thresholds
 from cvsjepa.evaluate.tta import (TTASettings, crop_and_normalise, predict_tta, resize_frame, shifted_clip_paths,
@@ -140,7 +141,7 @@ def test_tta_with_identical_views_equals_no_tta(run_dir):
     from cvsjepa.data.endoscapes import SplitIndex
     from torch.utils.data import DataLoader
 
-    model, cfg, _ = load_run(run_dir, torch.device("cpu"))
+    model, cfg, _ = load_run(run_dir, device=torch.device("cpu"))
     full = build_splits(cfg, 64, roles=("val",))["val"].index
     index = SplitIndex(full.split, full.samples[::3], full.video_frames)  # every 3rd clip keeps the test short
     cpu = torch.device("cpu")
@@ -221,7 +222,7 @@ def test_thresholds_never_see_test_labels(run_dir, synth_root, tmp_path, evaluat
     _flip_test_labels(synth_root, flipped)
     copy = tmp_path / "run"
     shutil.copytree(run_dir, copy)
-    res = evaluate_run(copy, "test", bootstrap=0, data_root=str(flipped), progress=False)
+    res = evaluate_run(copy, EvalOptions("test", bootstrap=0), Reopen(data_root=str(flipped), progress=False))
     # the test labels really changed (so a leak would move the thresholds) ...
     test_csv = list(csv.DictReader(open(copy / "predictions_test.csv")))
     orig_csv = list(csv.DictReader(open(run_dir / "predictions_test.csv")))
@@ -237,7 +238,7 @@ def test_thresholds_never_see_test_labels(run_dir, synth_root, tmp_path, evaluat
 def test_ensemble_of_identical_members_equals_single_and_mismatch_is_refused(run_dir, tmp_path, evaluated):
     twin = tmp_path / "twin"
     shutil.copytree(run_dir, twin)
-    res = evaluate_run(run_dir, "val", ensemble=[twin], bootstrap=0, progress=False)
+    res = evaluate_run(run_dir, EvalOptions("val", ensemble=(twin,), bootstrap=0), Reopen(progress=False))
     assert res.files["json"].name == "eval_val_ens2.json"
     single = list(csv.DictReader(open(run_dir / "predictions_val.csv")))
     both = list(csv.DictReader(open(run_dir / "predictions_val_ens2.csv")))
@@ -249,7 +250,7 @@ def test_ensemble_of_identical_members_equals_single_and_mismatch_is_refused(run
     meta["config"]["data"]["limit_per_split"] = 5  # indexes other keyframes
     meta_path.write_text(json.dumps(meta))
     with pytest.raises(ConfigError, match="different keyframes"):
-        evaluate_run(run_dir, "test", ensemble=[twin], bootstrap=0, progress=False)
+        evaluate_run(run_dir, EvalOptions("test", ensemble=(twin,), bootstrap=0), Reopen(progress=False))
 
 
 def test_tta_outputs_get_their_own_names(run_dir):

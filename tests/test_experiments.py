@@ -15,7 +15,8 @@ from cvsjepa.cli import main
 from cvsjepa.config import load_config
 from cvsjepa.data.loaders import build_splits
 from cvsjepa.evaluate.inference import predict_loader
-from cvsjepa.train import loop
+from cvsjepa.train import build as loop
+from cvsjepa.train import classifier
 from cvsjepa.train.losses import CVSLoss
 from cvsjepa.train.mixing import mix_batch
 from cvsjepa.train.sampling import balanced_weights
@@ -136,14 +137,14 @@ def test_lora_best_checkpoint_reloads_to_identical_predictions(synth_root, tmp_p
 
 def test_stage2_starts_from_stage1_best(synth_root, tmp_path, monkeypatch):
     seen = {}
-    original = loop._run_stage
+    original = classifier.run_stage
 
-    def spy(cfg, plan, model, *args, **kwargs):
+    def spy(fit, plan, trainee, *args, **kwargs):
         if plan.stage == 2:
-            seen["start"] = {k: v.clone() for k, v in model.head.state_dict().items()}
-        return original(cfg, plan, model, *args, **kwargs)
+            seen["start"] = {k: v.clone() for k, v in trainee.model.head.state_dict().items()}
+        return original(fit, plan, trainee, *args, **kwargs)
 
-    monkeypatch.setattr(loop, "_run_stage", spy)
+    monkeypatch.setattr(classifier, "run_stage", spy)
     out = tmp_path / "run"
     assert main(["train", str(REPO / "configs" / "exp9_staged.yaml"), *FAST, "train.epochs=3",
                  "train.grad_accum=1", f"data.root={synth_root}", f"out={out}", "--no-progress"]) == 0

@@ -50,7 +50,7 @@ def stores(synth_root, tmp_path_factory):
     """fp16 (default) and fp32 stores of the same clips."""
     base = tmp_path_factory.mktemp("stores")
     r16 = make_store(synth_root, base / "fp16")
-    r32 = make_store(synth_root, base / "fp32", "features.dtype=float32")
+    make_store(synth_root, base / "fp32", "features.dtype=float32")
     return {"fp16": base / "fp16", "fp32": base / "fp32", "result16": r16}
 
 
@@ -331,11 +331,6 @@ def test_reading_keeps_the_mapped_shards_out_of_the_resident_set(stores):
 
 # ---- end to end: train from the store ------------------------------------------------------------------
 
-def _loop_reads_the_store() -> bool:
-    return "open_store_splits" in (REPO / "src" / "cvsjepa" / "train" / "loop.py").read_text()
-
-
-@pytest.mark.skipif(not _loop_reads_the_store(), reason="train/loop.py does not read features.store yet")
 def test_train_from_the_store_reproduces_the_in_loop_val_map(stores, synth_root, tmp_path):
     common = [a for a in store_args(synth_root, "") if not a.startswith("features.store")]
     common += ["train.batch_size=8", "train.epochs=2", "train.lr=1e-3", "train.patience=0", "seed=3"]

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import csv
 import json
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -91,16 +94,11 @@ def test_sweep_writes_the_run_directory_and_heads_train_as_if_alone(store, alone
     torch.testing.assert_close(probs, preds.probs, atol=1e-5, rtol=0)
 
 
-def _loop_reads_the_store() -> bool:
-    return "open_store_splits" in (REPO / "src" / "cvsjepa" / "train" / "loop.py").read_text()
-
-
-@pytest.mark.skipif(not _loop_reads_the_store(), reason="train/loop.py does not read features.store yet")
 def test_a_sweep_of_one_equals_train_from_the_store(store, alone, synth_root, tmp_path):
-    import cvsjepa.train.loop as loop
+    from cvsjepa.train.classifier import train
 
     cfg = load_config(None, args(synth_root, store, tmp_path / "train", "train.lr=1e-3", "train.weight_decay=0.1"))
-    loop.train(cfg, progress=False)
+    train(cfg, progress=False)
     assert val_maps(alone) == pytest.approx(val_maps(tmp_path / "train"), abs=1e-6)
     a = json.loads((alone / "summary.json").read_text())
     b = json.loads((tmp_path / "train" / "summary.json").read_text())
@@ -111,3 +109,52 @@ def test_sweep_without_a_store_is_one_line(synth_root, tmp_path, capsys):
     rc = main(["sweep", "backbone=tiny", f"data.root={synth_root}", f"out={tmp_path / 'x'}"])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and "features.store" in err and err.count("\n") == 0
+
+
+KILLER = Path(__file__).parent / "faults" / "kill_after_steps.py"
+PAIR = ["sweep.lrs=[3e-3,1e-3]", "sweep.weight_decays=[0.1]"]  # head 1 is ALONE's (lr 1e-3, wd 0.1)
+
+
+def _sweep_rows(run: Path) -> list[dict]:
+    return list(csv.DictReader(open(run / "sweep.csv")))
+
+
+def test_a_killed_sweep_resumes_exactly(store, synth_root, tmp_path):
+    ref = sweep(load_config(None, args(synth_root, store, tmp_path / "ref", *PAIR)), progress=False).run_dir
+    out = tmp_path / "run"
+    cli = [sys.executable, "-m", "cvsjepa"]
+    killed = subprocess.run([sys.executable, str(KILLER), "3", "sweep", *args(synth_root, store, out, *PAIR),
+                             "--no-progress"], capture_output=True, text=True, timeout=600)
+    assert killed.returncode == -signal.SIGKILL  # 2 optimizer steps per epoch: killed in epoch 2
+    resumed = subprocess.run([*cli, "sweep", "--resume", str(out), "--no-progress"], capture_output=True, text=True,
+                             timeout=600)
+    assert resumed.returncode == 0, resumed.stderr
+    assert _sweep_rows(out) == _sweep_rows(ref)
+    a, b = (json.loads((r / "summary.json").read_text()) for r in (out, ref))
+    assert (a["best_val_map"], a["test_map"], a["sweep"]["winner"]) == (b["best_val_map"], b["test_map"],
+                                                                      b["sweep"]["winner"])
+
+
+def _nan_for_head0(monkeypatch):
+    from cvsjepa.train import sweep as sweep_module
+
+    real = sweep_module.HeadBankTrainee.forward
+
+    def forward(self, batch):
+        out = real(self, batch)
+        return [(logits * float("nan") if m.index == 0 else logits, extra)
+                for m, (logits, extra) in zip(self._active(), out)]
+
+    monkeypatch.setattr(sweep_module.HeadBankTrainee, "forward", forward)
+
+
+def test_a_nonfinite_head_is_skipped_alone_or_stops_the_sweep(store, alone, synth_root, tmp_path, monkeypatch):
+    _nan_for_head0(monkeypatch)
+    run = sweep(load_config(None, args(synth_root, store, tmp_path / "skip", *PAIR, "train.on_nonfinite=skip")),
+                progress=False).run_dir
+    heads = json.loads((run / "summary.json").read_text())["sweep"]["heads"]
+    assert heads[0]["nonfinite_batches_skipped"] == 2 * 3 and heads[1]["nonfinite_batches_skipped"] == 0
+    head1 = [float(r["val_map"]) for r in _sweep_rows(run) if r["head"] == "1" and r["epoch"] != "final"]
+    assert head1 == pytest.approx(val_maps(alone), abs=1e-7)  # the other head trained as if alone
+    with pytest.raises(FloatingPointError, match=r"head 0 \(lr 0.003, wd 0.1\).*on_nonfinite=skip"):
+        sweep(load_config(None, args(synth_root, store, tmp_path / "error", *PAIR)), progress=False)

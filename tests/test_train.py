@@ -15,7 +15,9 @@ from cvsjepa.config import load_config
 from cvsjepa.data.loaders import build_splits
 from cvsjepa.errors import CheckpointError
 from cvsjepa.evaluate.inference import predict_loader
-from cvsjepa.train.loop import build_optimizer, train
+from cvsjepa.rundir import RESUME_MANIFEST
+from cvsjepa.train.build import build_optimizer
+from cvsjepa.train.classifier import train
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -50,7 +52,7 @@ def test_train_writes_the_run_directory(tiny_overrides):
     run = result.run_dir
     for name in ["config.yaml", "metrics.csv", "summary.json", "training_curve.png", "train.log",
                  "predictions_val.csv", "predictions_test.csv", "checkpoints/best/model.safetensors",
-                 "checkpoints/best/config.json", "checkpoints/last.safetensors", "checkpoints/last_state.pt"]:
+                 "checkpoints/best/config.json", RESUME_MANIFEST]:
         assert (run / name).is_file(), name
     summary = json.loads((run / "summary.json").read_text())
     for key in ["best_epoch", "best_val_map", "val_ap", "test_map", "test_ap", "trainable_params",
@@ -126,3 +128,23 @@ def test_existing_run_directory_is_not_overwritten(tiny_overrides, tmp_path):
     (out / "summary.json").write_text("{}")
     rc = main(["train", *tiny_overrides])
     assert rc == 2 and (out / "summary.json").read_text() == "{}"
+
+
+def test_a_nonfinite_loss_stops_the_run_or_skips_the_batch(tiny_overrides, tmp_path, monkeypatch, capsys):
+    from cvsjepa.train import classifier
+
+    real, calls = classifier.ClassifierTrainee.forward, [0]
+
+    def forward(self, batch):  # the second training batch gives NaN logits
+        calls[0] += 1
+        out = real(self, batch)
+        return [(logits * float("nan"), extra) for logits, extra in out] if calls[0] == 2 else out
+
+    monkeypatch.setattr(classifier.ClassifierTrainee, "forward", forward)
+    assert main(["train", *tiny_overrides, "--no-progress"]) == 3
+    err = capsys.readouterr().err
+    assert "non-finite loss (nan) at epoch 1, step 2" in err and "train.on_nonfinite=skip" in err
+    calls[0] = 0
+    out = tmp_path / "skip"
+    assert main(["train", *tiny_overrides, f"out={out}", "train.on_nonfinite=skip", "--no-progress"]) == 0
+    assert json.loads((out / "summary.json").read_text())["nonfinite_batches_skipped"] == 1

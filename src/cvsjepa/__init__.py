@@ -1,5 +1,16 @@
 """cvsjepa: Critical View of Safety classifiers on V-JEPA 2 video features."""
 
-__version__ = "0.1.0"
-CRITERIA = ("C1", "C2", "C3")
-from .predict._lazy import __getattr__  # noqa: E402,F401  lazy `from cvsjepa import CVSModel` (api.py)
+from .criteria import CRITERIA
+from .version import __version__
+
+__all__ = ["CRITERIA", "CVSModel", "__version__"]
+
+
+def __getattr__(name: str):
+    """``from cvsjepa import CVSModel`` imports torch and the model code only when asked (PEP 562),
+    so ``import cvsjepa`` stays light."""
+    if name == "CVSModel":
+        from .api import CVSModel
+
+        return CVSModel
+    raise AttributeError(f"module 'cvsjepa' has no attribute {name!r}")

@@ -24,7 +24,6 @@ only logs a warning).
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import math
@@ -33,17 +32,19 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .criteria import CRITERIA
 from .checkpoint import load_classifier
 from .data.transforms import preprocess_frames
-from .errors import CheckpointError, ConfigError
+from .errors import CheckpointError
 from .io import atomic_write_json
 from .predict.timeline import Timeline, build_timeline
 from .predict.video import open_frames
+from .rundir import THRESHOLDS_FILE, RunDir, locate_checkpoint, predictions_file
+from .runtime import configure_threads, resolve_device
 
 log = logging.getLogger("cvsjepa")
 
 TRAINING_FPS = 1.0  # Endoscapes2023 frames are extracted at 1 fps; configs have no rate key
-THRESHOLDS_FILE = "thresholds.json"
 
 
 class CVSModel:
@@ -63,7 +64,8 @@ class CVSModel:
                  thresholds: list[float] | None = None) -> "CVSModel":
         """Load from a run directory or a checkpoint directory; ``thresholds`` overrides the files."""
         run_dir, ckpt_dir = locate_checkpoint(Path(path))
-        device = _device(device)
+        device = resolve_device(device)
+        configure_threads()
         model, cfg, meta = load_classifier(ckpt_dir, device=device)
         if thresholds is not None:
             found, source = _validate(thresholds, "thresholds argument"), "given"
@@ -150,21 +152,7 @@ class CVSModel:
 # ---------------------------------------------------------------------- checkpoints and thresholds
 
 
-def locate_checkpoint(path: Path) -> tuple[Path | None, Path]:
-    """``(run_dir or None, checkpoint_dir)`` for a run directory or a checkpoint directory."""
-    if (path / "checkpoints" / "best" / "config.json").is_file():
-        return path, path / "checkpoints" / "best"
-    if (path / "config.json").is_file():
-        run = path.parent.parent if path.parent.name == "checkpoints" else None
-        return (run if run is not None and (run / "config.yaml").is_file() else None), path
-    if not path.exists():
-        raise CheckpointError(f"{path} does not exist; give a run directory (from `cvsjepa train`) or its "
-                              f"checkpoints/best directory")
-    raise CheckpointError(f"{path} is neither a run directory (no checkpoints/best/config.json) nor a checkpoint "
-                          f"directory (no config.json)")
-
-
-def resolve_thresholds(run_dir: Path | None, ckpt_dir: Path) -> tuple[tuple[float, float, float], str]:
+def resolve_thresholds(run_dir: RunDir | None, ckpt_dir: Path) -> tuple[tuple[float, float, float], str]:
     """The decision thresholds and where they came from (order in the module docstring)."""
     if run_dir is not None and (run_dir / THRESHOLDS_FILE).is_file():
         found = read_thresholds(run_dir / THRESHOLDS_FILE)
@@ -172,13 +160,13 @@ def resolve_thresholds(run_dir: Path | None, ckpt_dir: Path) -> tuple[tuple[floa
         return found, str(run_dir / THRESHOLDS_FILE)
     if (ckpt_dir / THRESHOLDS_FILE).is_file():
         return read_thresholds(ckpt_dir / THRESHOLDS_FILE), str(ckpt_dir / THRESHOLDS_FILE)
-    preds = run_dir / "predictions_val.csv" if run_dir is not None else None
+    preds = run_dir / predictions_file("val") if run_dir is not None else None
     if preds is not None and preds.is_file():
-        found = thresholds_from_predictions(preds)
+        found = thresholds_from_predictions(run_dir)
         _cache(ckpt_dir, found, f"balanced accuracy on {preds}")
         return found, f"computed from {preds} (balanced accuracy)"
-    log.warning("no thresholds.json and no predictions_val.csv next to %s: using 0.5 for every criterion "
-                "(run `cvsjepa evaluate` on the run to choose them on val)", ckpt_dir)
+    log.warning("no %s and no %s next to %s: using 0.5 for every criterion (run `cvsjepa evaluate` on the run to "
+                "choose them on val)", THRESHOLDS_FILE, predictions_file("val"), ckpt_dir)
     return (0.5, 0.5, 0.5), "default 0.5 (no thresholds found)"
 
 
@@ -190,24 +178,19 @@ def read_thresholds(path: Path) -> tuple[float, float, float]:
     if isinstance(data, dict) and "thresholds" in data:
         data = data["thresholds"]
     if isinstance(data, dict):  # {"C1": t1, "C2": t2, "C3": t3}
-        data = [data.get(c) for c in ("C1", "C2", "C3")]
+        data = [data.get(c) for c in CRITERIA]
     return _validate(data, str(path))
 
 
-def thresholds_from_predictions(path: Path) -> tuple[float, float, float]:
+def thresholds_from_predictions(run: RunDir) -> tuple[float, float, float]:
+    """Per criterion, the balanced-accuracy threshold on the run's val predictions."""
     from .evaluate.thresholds import choose_thresholds
 
-    try:
-        with open(path, newline="") as f:
-            rows = list(csv.DictReader(f))
-        probs = [[float(r[f"prob_C{c}"]) for c in (1, 2, 3)] for r in rows]
-        labels = [[float(r[f"label_C{c}"]) for c in (1, 2, 3)] for r in rows]
-    except (OSError, KeyError, ValueError) as e:
-        raise CheckpointError(f"{path} cannot be read as val predictions (need prob_C1..3 and label_C1..3 "
-                              f"columns): {e}") from e
-    if not rows:
-        raise CheckpointError(f"{path} holds no predictions; cannot choose thresholds from it")
-    return _validate(choose_thresholds(torch.tensor(probs), torch.tensor(labels)), str(path))
+    preds = run.read_predictions("val", tuple(run.read_config().data.criteria))
+    if not preds["probs"]:
+        raise CheckpointError(f"{run / predictions_file('val')} holds no predictions; cannot choose thresholds from it")
+    return _validate(choose_thresholds(torch.tensor(preds["probs"]), torch.tensor(preds["labels"])),
+                     str(run / predictions_file("val")))
 
 
 def _validate(values, where: str) -> tuple[float, float, float]:
@@ -228,19 +211,6 @@ def _cache(ckpt_dir: Path, thresholds: tuple[float, float, float], source: str) 
     except CheckpointError:
         pass  # a damaged cache is simply rewritten
     try:
-        atomic_write_json(path, {"thresholds": list(thresholds), "criteria": ["C1", "C2", "C3"], "source": source})
+        atomic_write_json(path, {"thresholds": list(thresholds), "criteria": list(CRITERIA), "source": source})
     except OSError as e:
         log.warning("could not cache the thresholds into %s (%s); the run directory is still needed", path, e)
-
-
-def _device(device: str | torch.device) -> torch.device:
-    if isinstance(device, torch.device):
-        return device
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"device {device} asked for, but CUDA is not available on this machine; use cpu")
-    try:
-        return torch.device(device)
-    except RuntimeError as e:
-        raise ConfigError(f"unknown device {device!r} (use auto, cpu, cuda or cuda:N)") from e

@@ -8,7 +8,6 @@ the weights strictly, naming every missing or unexpected key.
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
@@ -19,11 +18,14 @@ from .backbones import build_backbone
 from .config import RunConfig, from_dict, to_dict
 from .errors import CheckpointError
 from .heads import build_head
-from .io import atomic_save_safetensors, atomic_write_json, load_safetensors
+from .io import atomic_save_safetensors, atomic_write_json, load_safetensors, read_json_object
 from .model import CVSClassifier, build_seg_head
 
 FORMAT = "cvsjepa-classifier"
 FORMAT_VERSION = 1
+WEIGHTS_FILE = "model.safetensors"  # head + any trainable backbone weight (LoRA excluded: see ADAPTER_DIR)
+META_FILE = "config.json"  # format, resolved run config, backbone description and fingerprint
+ADAPTER_DIR = "adapter"  # a PEFT adapter (save_pretrained), for LoRA runs
 
 
 def save_classifier(ckpt_dir: Path, model: CVSClassifier, cfg: RunConfig, extra: dict | None = None) -> None:
@@ -39,14 +41,14 @@ def save_classifier(ckpt_dir: Path, model: CVSClassifier, cfg: RunConfig, extra:
         "config": to_dict(cfg),
         "backbone": backbone.describe() if backbone is not None else None,
         "backbone_fingerprint": fingerprint,
-        "adapter": "adapter" if lora else None,
+        "adapter": ADAPTER_DIR if lora else None,
         **(extra or {}),
     }
     if lora:
-        _save_adapter(backbone.model, ckpt_dir / "adapter")
-    atomic_save_safetensors(ckpt_dir / "model.safetensors", model.trainable_state_dict(include_lora=not lora),
+        _save_adapter(backbone.model, ckpt_dir / ADAPTER_DIR)
+    atomic_save_safetensors(ckpt_dir / WEIGHTS_FILE, model.trainable_state_dict(include_lora=not lora),
                             metadata={"format": FORMAT})
-    atomic_write_json(ckpt_dir / "config.json", meta)
+    atomic_write_json(ckpt_dir / META_FILE, meta)
 
 
 def _save_adapter(peft_model, target: Path) -> None:
@@ -67,22 +69,19 @@ def restore_weights(model: CVSClassifier, ckpt_dir: Path) -> None:
     if has_lora(model.backbone):
         from peft import set_peft_model_state_dict
 
-        adapter = load_safetensors(ckpt_dir / "adapter" / "adapter_model.safetensors")
+        adapter = load_safetensors(ckpt_dir / ADAPTER_DIR / "adapter_model.safetensors")
         result = set_peft_model_state_dict(model.backbone.model, adapter)
         if getattr(result, "unexpected_keys", None):
             raise CheckpointError(f"{ckpt_dir / 'adapter'} has keys the model lacks: {_short(result.unexpected_keys)}")
-    tensors = load_safetensors(ckpt_dir / "model.safetensors")
-    load_weights_strict(model, tensors, ckpt_dir / "model.safetensors", include_lora=not has_lora(model.backbone))
+    tensors = load_safetensors(ckpt_dir / WEIGHTS_FILE)
+    load_weights_strict(model, tensors, ckpt_dir / WEIGHTS_FILE, include_lora=not has_lora(model.backbone))
 
 
 def read_checkpoint_meta(ckpt_dir: Path) -> dict:
-    path = Path(ckpt_dir) / "config.json"
+    path = Path(ckpt_dir) / META_FILE
     if not path.is_file():
         raise CheckpointError(f"{ckpt_dir} is not a cvsjepa checkpoint: {path.name} is missing")
-    try:
-        meta = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{path} is not valid JSON ({e}); the checkpoint is damaged") from e
+    meta = read_json_object(path, CheckpointError, "the checkpoint is damaged")
     if meta.get("format") != FORMAT:
         raise CheckpointError(f"{path} was not written by cvsjepa (format={meta.get('format')!r})")
     if meta.get("format_version", 0) > FORMAT_VERSION:
@@ -120,7 +119,7 @@ def _short(items: list[str], n: int = 5) -> str:
 def load_classifier(ckpt_dir: Path, device: torch.device | str = "cpu") -> tuple[CVSClassifier, RunConfig, dict]:
     ckpt_dir = Path(ckpt_dir)
     meta = read_checkpoint_meta(ckpt_dir)
-    cfg = from_dict(meta["config"], where=str(ckpt_dir / "config.json"))
+    cfg = from_dict(meta["config"], where=str(ckpt_dir / META_FILE))
     backbone = build_backbone(cfg.backbone, device=device).freeze()
     fp = meta.get("backbone_fingerprint")
     if fp and backbone.weights_fingerprint() != fp:
@@ -137,7 +136,7 @@ def load_classifier(ckpt_dir: Path, device: torch.device | str = "cpu") -> tuple
         backbone.freeze()
     head = build_head(cfg.head, backbone.embed_dim)
     model = CVSClassifier(backbone, head, base_fingerprint=fp, seg_head=build_seg_head(cfg, backbone)).to(device)
-    load_weights_strict(model, load_safetensors(ckpt_dir / "model.safetensors"), ckpt_dir / "model.safetensors",
+    load_weights_strict(model, load_safetensors(ckpt_dir / WEIGHTS_FILE), ckpt_dir / WEIGHTS_FILE,
                         include_lora=False)
     model.eval()
     return model, cfg, meta

@@ -12,7 +12,9 @@ import logging
 import pkgutil
 import sys
 
-from . import __version__, commands
+from .version import __version__
+
+from . import commands
 from .errors import CVSJepaError
 
 log = logging.getLogger("cvsjepa")
@@ -34,6 +36,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for module in _command_modules():
         module.add_parser(sub)
+    for command in sub.choices.values():  # one knob for every command
+        command.add_argument("--threads", type=int, default=None, metavar="N",
+                             help="CPU threads for torch in this process (default: train.threads, else "
+                                  "OMP_NUM_THREADS, else one per usable core left after data workers, 1 on a "
+                                  "machine of 2 cores or fewer; see docs/benchmarks.md)")
     return p
 
 
@@ -62,6 +69,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     setup_logging(args.verbose)
     try:
+        if args.threads is not None:
+            from .runtime import set_cli_threads
+
+            set_cli_threads(args.threads)
         return args.func(args)
     except CVSJepaError as e:
         print(f"cvsjepa: error: {e}", file=sys.stderr)

@@ -13,49 +13,68 @@ names the key (and the closest valid one). Values are type-checked against the d
 from __future__ import annotations
 
 import difflib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, is_dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args, get_origin, get_type_hints
 
 import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
+from .criteria import CRITERIA
 from .errors import ConfigError
 
 CONFIG_VERSION = 1
+
+# The choices of every enumerated key, defined once: the dataclass fields below are typed with these,
+# OmegaConf refuses any other value, and the modules that act on a key read its choices from here
+# (``typing.get_args``). Registries (heads, losses, backbone families) are checked against them in tests.
+DataSource = Literal["auto", "coco", "csv"]
+TargetMode = Literal["hard", "soft"]
+BadSamplePolicy = Literal["error", "skip"]
+BackboneFamily = Literal["vjepa2", "videomae", "dinov2"]
+AttnImplementation = Literal["sdpa", "eager"]
+HeadType = Literal["attentive", "linear"]
+LossType = Literal["bce", "focal"]
+AdaptMode = Literal["frozen", "unfreeze", "lora"]
+Stage2Mode = Literal["unfreeze", "lora"]
+SamplerType = Literal["random", "balanced"]
+NonFinitePolicy = Literal["error", "skip"]
+StoreDtype = Literal["float16", "bfloat16", "float32"]
+StorePool = Literal["none", "avg2x2"]
+MaskSource = Literal["auto", "semseg", "coco"]
 
 
 @dataclass
 class DataConfig:
     root: str = ""  # Endoscapes2023 root, or a `cvsjepa synth` output folder
-    source: str = "auto"  # auto | coco | csv: where keyframe labels are read from
+    source: DataSource = "auto"  # auto | coco | csv: where keyframe labels are read from
     frames: int = 16  # frames per clip, sampled from the 1 fps frames; even for V-JEPA's tubelet of 2
     stride: int = 1  # step between clip frames, counted in 1 fps frames
-    target: str = "hard"  # hard = round(rater mean) (majority of 3); soft = the rater mean itself
+    target: TargetMode = "hard"  # hard = round(rater mean) (majority of 3); soft = the rater mean itself
     train_split: str = "train"
     val_split: str = "val"
     test_split: str = "test"  # "" = no test split
-    on_bad_sample: str = "error"  # error | skip (skips are logged with a count)
+    on_bad_sample: BadSamplePolicy = "error"  # error | skip (skips are logged with a count)
     num_workers: int = 0
     frame_cache_mb: int = 1024  # RAM for preprocessed frames, reused by overlapping clips and later epochs
     limit_per_split: int = 0  # keep only the first N keyframes of each split (0 = all); for smoke runs
-    criteria: list[str] = field(default_factory=lambda: ["C1", "C2", "C3"])  # display names only
+    criteria: list[str] = field(default_factory=lambda: list(CRITERIA))  # display names only
 
 
 @dataclass
 class BackboneConfig:
-    name: str = "vjepa2"  # backbone family in the registry
+    name: BackboneFamily = "vjepa2"  # backbone family in the registry
     preset: str = "vitl"  # tiny | vitl | vith | vitg | vitg384 (shape; weights come from `path`)
     path: str = ""  # local Hugging Face directory (config.json + *.safetensors)
     random_weights: bool = False  # allow random weights for a non-tiny preset (benchmarks only)
-    attn_implementation: str = "sdpa"  # sdpa | eager (eager returns attention maps)
+    attn_implementation: AttnImplementation = "sdpa"  # sdpa | eager (eager returns attention maps)
     layers: list[int] = field(default_factory=list)  # multilevel: e.g. [17, 19, 21, 23]; empty = last layer
 
 
 @dataclass
 class HeadConfig:
-    type: str = "attentive"
+    type: HeadType = "attentive"
     num_heads: int = 8
     num_queries: int = 1
     depth: int = 1  # depth-1 self-attention blocks, then the cross-attention pooling block
@@ -66,7 +85,7 @@ class HeadConfig:
 
 @dataclass
 class LossConfig:
-    type: str = "bce"  # bce | focal
+    type: LossType = "bce"  # bce | focal
     focal_alpha: float = 0.25  # focal: weight of positives (1 - alpha for negatives); exp3 0.25
     focal_gamma: float = 2.0  # focal: (1 - p_t)^gamma down-weights easy examples; exp3 2.0
     pos_weight: list[float] = field(default_factory=list)  # per criterion, e.g. [1, 5, 1] (exp6); empty = none
@@ -76,7 +95,7 @@ class LossConfig:
 @dataclass
 class AdaptConfig:
     """How the backbone may change during training. frozen: not at all (features can come from a store)."""
-    mode: str = "frozen"  # frozen | unfreeze | lora
+    mode: AdaptMode = "frozen"  # frozen | unfreeze | lora
     unfreeze_last: int = 2  # unfreeze: how many of the last encoder blocks train (exp8: 2)
     lr: float = 1e-5  # learning rate of the unfrozen blocks or the LoRA adapters
     llrd: float = 1.0  # layer-wise LR decay: block i (of L) gets lr * llrd^(L-1-i); 1 = off
@@ -94,7 +113,7 @@ class Stage2Config:
     enabled: bool = False
     epochs: int = 5
     patience: int = 3
-    mode: str = "unfreeze"  # unfreeze | lora
+    mode: Stage2Mode = "unfreeze"  # unfreeze | lora
     unfreeze_last: int = 1
     backbone_lr: float = 1e-6
     lr: float = 1e-5  # head learning rate in stage 2
@@ -114,19 +133,20 @@ class TrainConfig:
     patience: int = 5  # early stopping on val mAP; 0 = never stop early
     grad_clip: float = 1.0  # max gradient norm; 0 = off
     device: str = "auto"  # auto | cpu | cuda | cuda:N
+    threads: int = 0  # CPU threads of the main process; 0 = one per usable core left after data workers (1 on <= 2 cores)
     eval_test: bool = True  # score the best checkpoint on the test split at the end
-    sampler: str = "random"  # random | balanced (WeightedRandomSampler, exp4)
+    sampler: SamplerType = "random"  # random | balanced (WeightedRandomSampler, exp4)
     mixup_alpha: float = 0.0  # MixUp Beta(alpha, alpha); 0 = off (pixels in the loop, tokens from a store)
     cutmix_alpha: float = 0.0  # CutMix Beta(alpha, alpha); 0 = off
     mix_prob: float = 1.0  # probability that a batch is mixed when MixUp/CutMix is on
-    on_nonfinite: str = "error"  # error: stop naming the step, samples and last good checkpoint | skip the batch
+    on_nonfinite: NonFinitePolicy = "error"  # error: stop naming the step, samples and last good checkpoint | skip the batch
 
 
 @dataclass
 class FeaturesConfig:
     store: str = ""  # feature store folder: `cvsjepa extract` writes it, `train` reads tokens from it when set
-    dtype: str = "float16"  # float16 | bfloat16 | float32: storage precision of the tokens
-    pool: str = "none"  # none | avg2x2: 2x2 spatial average pooling of the token grid (4x less storage)
+    dtype: StoreDtype = "float16"  # float16 | bfloat16 | float32: storage precision of the tokens
+    pool: StorePool = "none"  # none | avg2x2: 2x2 spatial average pooling of the token grid (4x less storage)
     views: int = 1  # deterministic spatial views per clip (1 = the center crop), for test-time augmentation
     splits: list[str] = field(default_factory=list)  # splits to extract; empty = data.train/val/test_split
     shard_clips: int = 256  # clips per shard file
@@ -151,7 +171,7 @@ class SegConfig:
     decoder_dim: int = 256
     # where masks come from: semseg = semseg/{vid}_{frame}.png; coco = the instance masks (RLE or
     # polygons) of {train,val,test}_seg/annotation_coco.json; auto = the PNG when there is one, else COCO
-    masks: str = "auto"
+    masks: MaskSource = "auto"
 
 
 @dataclass
@@ -177,21 +197,17 @@ class RunConfig:
 # Group keys that accept a bare string as shorthand: `backbone=tiny` means `backbone.preset=tiny`.
 _SHORTHANDS = {"backbone": "preset", "head": "type", "loss": "type"}
 
-_CHOICES = {
-    "data.source": ("auto", "coco", "csv"),
-    "data.target": ("hard", "soft"),
-    "data.on_bad_sample": ("error", "skip"),
-    "backbone.attn_implementation": ("sdpa", "eager"),
-    "loss.type": ("bce", "focal"),
-    "head.type": ("attentive", "linear"),
-    "adapt.mode": ("frozen", "unfreeze", "lora"),
-    "stage2.mode": ("unfreeze", "lora"),
-    "train.sampler": ("random", "balanced"),
-    "train.on_nonfinite": ("error", "skip"),
-    "features.dtype": ("float16", "bfloat16", "float32"),
-    "features.pool": ("none", "avg2x2"),
-    "seg.masks": ("auto", "semseg", "coco"),
-}
+def choices(key: str) -> tuple[str, ...]:
+    """The allowed values of an enumerated key (e.g. ``"loss.type"`` -> ``("bce", "focal")``), else ()."""
+    cls: Any = RunConfig
+    for part in key.split("."):
+        if not is_dataclass(cls):
+            return ()
+        hints = get_type_hints(cls)
+        if part not in hints:
+            return ()
+        cls = hints[part]
+    return tuple(get_args(cls)) if get_origin(cls) is Literal else ()
 
 
 def _all_keys(node: Any, prefix: str = "") -> list[str]:
@@ -239,6 +255,9 @@ def _merge(cfg: DictConfig, updates: dict, where: str) -> DictConfig:
         except ConfigKeyError as e:
             raise _unknown_key_error(key, where, schema) from e
         except OmegaConfBaseException as e:
+            allowed = choices(key)
+            if allowed:
+                raise ConfigError(f"{key}={value!r} is not one of {', '.join(allowed)} (in {where})") from e
             expected = type(OmegaConf.select(schema, key)).__name__
             raise ConfigError(f"bad value for '{key}' in {where}: {value!r} "
                               f"(expected {expected})") from e
@@ -329,9 +348,6 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 def validate(cfg: RunConfig) -> None:
     """Checks that types alone cannot express; each message names the key."""
     flat = _flatten(OmegaConf.to_container(OmegaConf.structured(cfg)))  # type: ignore[arg-type]
-    for key, allowed in _CHOICES.items():
-        if flat[key] not in allowed:
-            raise ConfigError(f"{key}={flat[key]!r} is not one of {', '.join(allowed)}")
     positive = ["data.frames", "data.stride", "train.epochs", "train.batch_size", "train.grad_accum"]
     for key in positive:
         if flat[key] < 1:

@@ -13,6 +13,7 @@ import logging
 from pathlib import Path
 
 from .config import load_config
+from .rundir import BEST_DIR, CURVE_FILE, METRICS_FILE, SUMMARY_FILE
 
 log = logging.getLogger("cvsjepa")
 
@@ -33,11 +34,12 @@ DEMO_OVERRIDES = [
 
 
 def run_demo(out: Path, seed: int = 0, epochs: int | None = None, progress: bool = True) -> dict:
+    from .data.oracle import ORACLE_FILE
     from .data.synth import write_synthetic_dataset
-    from .train.loop import train
+    from .train.classifier import train
 
     data_dir = out / "data"
-    if not (data_dir / "oracle.json").is_file():
+    if not (data_dir / ORACLE_FILE).is_file():
         log.info("writing the synthetic dataset to %s ...", data_dir)
         write_synthetic_dataset(data_dir, seed=seed, progress=progress)
     else:
@@ -50,7 +52,7 @@ def run_demo(out: Path, seed: int = 0, epochs: int | None = None, progress: bool
     result = train(cfg, progress=progress)
     s = result.summary
     print(report(s))
-    print(f"\nrun directory: {result.run_dir}  (summary.json, metrics.csv, training_curve.png, checkpoints/best)")
+    print(f"\nrun directory: {result.run_dir}  ({SUMMARY_FILE}, {METRICS_FILE}, {CURVE_FILE}, {BEST_DIR})")
     return s
 
 

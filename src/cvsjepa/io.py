@@ -7,6 +7,7 @@ that nothing reads, never a truncated file with the real name.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -81,6 +82,30 @@ def atomic_torch_save(path: Path, obj: Any) -> None:
     """For resume state only (optimizer, RNG): plain containers of tensors and numbers, so it loads
     back with ``torch.load(weights_only=True)``."""
     atomic_write(path, lambda p: torch.save(obj, p))
+
+
+def sha256_file(path: Path, chunk: int = 8 << 20) -> str:
+    """Hex sha256 of a file, read in chunks (hashing a 4 GB file needs no 4 GB of RAM)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def read_json_object(path: Path, error: type[CVSJepaError], damaged: str) -> dict:
+    """A JSON file that must hold an object; ``error(...)`` naming the file, with ``damaged`` (what
+    to conclude or do) appended, when it is missing, not JSON or not an object."""
+    path = Path(path)
+    if not path.is_file():
+        raise error(f"{path} is missing; {damaged}")
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise error(f"{path} is not valid JSON ({e}); {damaged}") from e
+    if not isinstance(data, dict):
+        raise error(f"{path} does not hold a JSON object; {damaged}")
+    return data
 
 
 def load_safetensors(path: Path) -> dict[str, torch.Tensor]:

@@ -8,43 +8,33 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 from pathlib import Path
 
-import yaml
-
+from .criteria import CRITERIA
 from .errors import CVSJepaError
 from .io import atomic_write_text
+from .rundir import CONFIG_FILE, RunDir
 
-COLUMNS = ["experiment", "approach", "trainable_params", "best_val_map", "val_ap_C1", "val_ap_C2", "val_ap_C3",
+COLUMNS = ["experiment", "approach", "trainable_params", "best_val_map", *[f"val_ap_{c}" for c in CRITERIA],
            "test_map", "delta_vs_baseline", "epochs_to_best", "gap_at_best", "backbone"]
 
 
 def read_run(run_dir: Path) -> dict:
-    run_dir = Path(run_dir)
-    summary_path = run_dir / "summary.json"
-    if not summary_path.is_file():
-        raise CVSJepaError(f"{run_dir} is not a finished run directory (no summary.json); "
-                           f"an unfinished run can be resumed, not tabulated")
-    try:
-        s = json.loads(summary_path.read_text())
-    except json.JSONDecodeError as e:
-        raise CVSJepaError(f"{summary_path} is not valid JSON ({e})") from e
-    cfg = {}
-    if (run_dir / "config.yaml").is_file():
-        cfg = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
-    val_ap = s.get("val_ap") or [None] * 3
+    run = RunDir.open(run_dir)
+    s = run.read_summary()
+    cfg = run.read_config_data() if (run / CONFIG_FILE).is_file() else {}
+    val_ap = s.get("val_ap") or [None] * len(CRITERIA)
     return {
-        "experiment": s.get("name") or run_dir.name,
+        "experiment": s.get("name") or run.name,
         "approach": cfg.get("description") or s.get("adapt", ""),
         "trainable_params": s.get("trainable_params"),
         "best_val_map": s.get("best_val_map"),
-        "val_ap_C1": val_ap[0], "val_ap_C2": val_ap[1], "val_ap_C3": val_ap[2],
+        **{f"val_ap_{c}": a for c, a in zip(CRITERIA, val_ap)},
         "test_map": s.get("test_map"),
         "epochs_to_best": s.get("best_epoch"),
         "gap_at_best": s.get("train_val_gap_at_best"),
         "backbone": s.get("backbone"),
-        "run_dir": str(run_dir),
+        "run_dir": str(run.path),
     }
 
 
@@ -72,7 +62,7 @@ def _pct(v) -> str:
 
 def format_row(r: dict) -> dict:
     out = dict(r)
-    for k in ("best_val_map", "val_ap_C1", "val_ap_C2", "val_ap_C3", "test_map", "gap_at_best"):
+    for k in ("best_val_map", *[f"val_ap_{c}" for c in CRITERIA], "test_map", "gap_at_best"):
         out[k] = _pct(r[k])
     d = r.get("delta_vs_baseline")
     out["delta_vs_baseline"] = "" if d is None else f"{100 * d:+.2f}%"

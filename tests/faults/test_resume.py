@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import csv
-import os
+import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -12,14 +13,21 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
+from cvsjepa.rundir import BEST_DIR, RESUME_MANIFEST, SUMMARY_FILE, resume_file
+from resume_state import resume_path
+
 FAST = ["backbone=tiny", "data.frames=4", "head.num_heads=4", "head.mlp_hidden=32", "train.batch_size=8",
         "train.epochs=3", "train.patience=0", "train.lr=3e-3", "head.dropout=0.1", "train.mixup_alpha=0.4"]
 
 
-def _train(args: list[str], kill_after: int = 0) -> subprocess.CompletedProcess:
-    env = dict(os.environ, CVSJEPA_FAULT_KILL_AFTER_STEPS=str(kill_after))
-    return subprocess.run([sys.executable, "-m", "cvsjepa", "train", *args, "--no-progress"], env=env,
-                          capture_output=True, text=True, timeout=600)
+KILLER = Path(__file__).with_name("kill_after_steps.py")
+
+
+def _train(args: list[str], kill_after: int | str = 0, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """``cvsjepa train ARGS`` in a subprocess; ``kill_after``: SIGKILL it there (kill_after_steps.py)."""
+    cmd = [sys.executable, str(KILLER), str(kill_after)] if kill_after else [sys.executable, "-m", "cvsjepa"]
+    return subprocess.run([*cmd, "train", *args, "--no-progress"], capture_output=True, text=True, timeout=600,
+                          cwd=cwd)
 
 
 def _metrics(run: Path) -> list[dict]:
@@ -45,7 +53,7 @@ def test_sigkill_then_resume_matches_uninterrupted(kill_after, reference, synth_
     killed = _train([*FAST, f"data.root={synth_root}", f"out={out}"], kill_after=kill_after)
     assert killed.returncode == -signal.SIGKILL
     assert not (out / "summary.json").exists()
-    if not (out / "checkpoints" / "last_state.pt").exists():  # killed before the first epoch finished
+    if not (out / RESUME_MANIFEST).exists():  # killed before the first epoch finished
         r = _train(["--resume", str(out)])
         assert r.returncode == 2 and "no complete epoch" in r.stderr
         return
@@ -71,3 +79,56 @@ def test_resume_of_finished_run_is_a_no_op(reference):
     before = (reference / "summary.json").read_text()
     r = _train(["--resume", str(reference)])
     assert r.returncode == 0 and (reference / "summary.json").read_text() == before
+
+
+def _assert_same_as(out: Path, reference: Path) -> None:
+    assert _metrics(out) == _metrics(reference)
+    ours = load_file(out / BEST_DIR / "model.safetensors")
+    ref = load_file(reference / BEST_DIR / "model.safetensors")
+    assert ours.keys() == ref.keys() and all((ours[k] == ref[k]).all() for k in ours)
+    a, b = (json.loads((r / SUMMARY_FILE).read_text()) for r in (out, reference))
+    assert (a["best_epoch"], a["best_val_map"], a["test_map"]) == (b["best_epoch"], b["best_val_map"], b["test_map"])
+
+
+def test_an_interrupted_save_resumes_from_the_last_complete_epoch(reference, synth_root, tmp_path):
+    """Killed at the end of epoch 2 after its best checkpoint but before its resume state; then the
+    crash between a resume file and its manifest is staged too (a complete epoch-2 file the manifest
+    does not name). Resume must continue after epoch 1, put the best checkpoint back in step with the
+    state it resumes from, and end exactly like the uninterrupted run."""
+    out = tmp_path / "run"
+    killed = _train([*FAST, f"data.root={synth_root}", f"out={out}"], kill_after="save:2")
+    assert killed.returncode == -signal.SIGKILL
+    shutil.copy(resume_path(out), out / resume_file(2))
+    resumed = _train(["--resume", str(out)])
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming after epoch 1, the last complete save" in resumed.stderr
+    ref_maps = [float(r["val_map"]) for r in _metrics(reference)]
+    if ref_maps[1] > ref_maps[0]:  # epoch 2 had been saved as the best before the kill
+        assert "rewriting it from the resume state" in resumed.stderr
+    _assert_same_as(out, reference)
+
+
+def test_a_damaged_resume_state_is_refused(reference, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(reference, copy)
+    (copy / SUMMARY_FILE).unlink()
+    path = resume_path(copy)
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # one flipped byte, as a failing disk leaves
+    path.write_bytes(bytes(data))
+    r = _train(["--resume", str(copy)])
+    assert r.returncode == 2 and "damaged" in r.stderr and r.stderr.strip().count("\n") == 0
+
+
+def test_an_auto_named_run_resumes_after_a_move_by_a_relative_path(reference, synth_root, tmp_path):
+    """The README's way (no out=), then the run directory moved, then `--resume` with a relative path."""
+    work = tmp_path / "work"
+    work.mkdir()
+    killed = _train([*FAST, f"data.root={synth_root}"], kill_after=7, cwd=work)  # mid epoch 2
+    assert killed.returncode == -signal.SIGKILL
+    (auto,) = list((work / "runs").iterdir())
+    (tmp_path / "elsewhere").mkdir()
+    auto.rename(tmp_path / "elsewhere" / "mine")
+    resumed = _train(["--resume", "elsewhere/mine"], cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    _assert_same_as(tmp_path / "elsewhere" / "mine", reference)

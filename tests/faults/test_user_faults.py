@@ -127,14 +127,17 @@ def finished_run(synth_root, tmp_path, capsys):
 
 
 def test_checkpoint_with_wrong_shape_on_resume(finished_run, capsys):
-    from safetensors.torch import load_file, save_file
+    from resume_state import edit_resume_state
 
     (finished_run / "summary.json").unlink()  # pretend it was interrupted
-    last = finished_run / "checkpoints" / "last.safetensors"
-    tensors = load_file(last)
-    key = sorted(tensors)[0]
-    tensors[key] = tensors[key][..., :1].contiguous()
-    save_file(tensors, str(last))
+    keys = []
+
+    def cut(state):
+        keys.append(sorted(state["weights"])[0])
+        state["weights"][keys[0]] = state["weights"][keys[0]][..., :1].contiguous()
+
+    edit_resume_state(finished_run, cut)
+    key = keys[0]
     rc, msg = _run(capsys, "train", "--resume", str(finished_run))
     assert rc == 2 and key in msg and "shape" in msg
 
@@ -145,11 +148,14 @@ class _Evil:
 
 
 def test_pickle_posing_as_a_checkpoint(finished_run, capsys):
+    from resume_state import rehash, resume_path
+
     (finished_run / "summary.json").unlink()
-    state = finished_run / "checkpoints" / "last_state.pt"
+    state = resume_path(finished_run)
     state.write_bytes(pickle.dumps({"epoch": 1, "payload": _Evil()}))
+    rehash(finished_run)  # even with a matching hash (an attacker can write both), nothing is unpickled
     rc, msg = _run(capsys, "train", "--resume", str(finished_run))
-    assert rc == 2 and "weights_only" in msg and "last_state.pt" in msg
+    assert rc == 2 and "weights_only" in msg and state.name in msg
     best = finished_run / "checkpoints" / "best" / "model.safetensors"
     best.write_bytes(pickle.dumps({"head.w": _Evil()}))
     from cvsjepa.checkpoint import load_classifier
@@ -164,17 +170,25 @@ def test_disk_full_keeps_the_last_good_checkpoint(synth_root, tmp_path, capsys, 
     from cvsjepa.checkpoint import load_classifier
 
     calls = {"n": 0}
-    real = cio.save_file
+    real_safetensors, real_torch = cio.save_file, cio.torch.save
 
-    def flaky(tensors, path, metadata=None):
+    def full_disk(path):
         calls["n"] += 1
-        if calls["n"] > 2:  # epoch 1's best and last succeed; everything after hits a full disk
+        if calls["n"] > 2:  # epoch 1's best and resume state succeed; everything after hits a full disk
             with open(path, "wb") as f:
                 f.write(b"\0" * 100)  # a partial write, as a real full disk leaves
             raise OSError(errno.ENOSPC, "No space left on device")
-        return real(tensors, path, metadata=metadata)
 
-    monkeypatch.setattr(cio, "save_file", flaky)
+    def flaky_safetensors(tensors, path, metadata=None):
+        full_disk(path)
+        return real_safetensors(tensors, path, metadata=metadata)
+
+    def flaky_torch(obj, path, *args, **kwargs):
+        full_disk(path)
+        return real_torch(obj, path, *args, **kwargs)
+
+    monkeypatch.setattr(cio, "save_file", flaky_safetensors)
+    monkeypatch.setattr(cio.torch, "save", flaky_torch)
     out = tmp_path / "run"
     rc, msg = _train(capsys, synth_root, out, "train.epochs=3")
     assert rc == 2 and "disk full" in msg

@@ -15,6 +15,40 @@ def split_config_args(items: list[str]) -> tuple[str | None, list[str]]:
     return None, items
 
 
+def load_run_config(args):
+    """The config of ``train``/``sweep``: ``CONFIG [key=value ...]``, or with ``--resume RUN`` the run's
+    own config.yaml (plus overrides, which the run then checks) with ``out=RUN resume=true``."""
+    from ..config import load_config
+    from ..errors import ConfigError
+    from ..rundir import CONFIG_FILE, RunDir
+
+    path, overrides = split_config_args(args.config_and_overrides)
+    if getattr(args, "resume", None):
+        if path:
+            raise ConfigError(f"--resume RUN takes the config from RUN/{CONFIG_FILE}; do not pass a config file too")
+        run = RunDir.open(args.resume)
+        path, overrides = run / CONFIG_FILE, [*overrides, f"out={args.resume}", "resume=true"]
+    return load_config(path, overrides)
+
+
+def add_reopen_args(parser) -> None:
+    """How a finished run is re-opened (``cvsjepa.reopen.Reopen``): shared by evaluate and diagnose."""
+    parser.add_argument("--data-root", default=None, help="dataset root, if it moved since training")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
+    parser.add_argument("--batch-size", type=int, default=None, help="clips per forward (default: the run's)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def reopen_from_args(args):
+    from ..errors import ConfigError
+    from ..reopen import Reopen
+
+    if args.batch_size is not None and args.batch_size < 1:
+        raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
+    return Reopen(data_root=args.data_root, device=args.device, batch_size=args.batch_size,
+                  progress=not args.no_progress)
+
+
 def fmt_cell(v) -> str:
     if isinstance(v, int) and v > 10_000:
         return f"{v / 1e6:.1f}M"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from ._common import add_reopen_args, reopen_from_args
+
 NAME = "diagnose"
 HELP = "attention maps, label-category analyses, backbone attention entropy, training curves -> RUN/diagnose/"
 
@@ -32,20 +34,17 @@ def add_parser(sub) -> None:
                    help="second run for the entropy comparison (e.g. frozen vs LoRA), on the same clips")
     d.add_argument("--runs", nargs="+", default=[], metavar="RUN2", help="more runs on the training-curve plot")
     d.add_argument("--seed", type=int, default=0, help="seed for sampling clips (default 0)")
-    d.add_argument("--data-root", default=None, help="dataset root, if it moved since training")
-    d.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
-    d.add_argument("--batch-size", type=int, default=None, help="clips per forward (default: the run's)")
-    d.add_argument("--no-progress", action="store_true")
+    add_reopen_args(d)
     d.set_defaults(func=run)
 
 
 def run(args) -> int:
-    from ..diagnose.runner import diagnose_run
+    from ..diagnose.runner import DiagnoseOptions, diagnose_run
 
-    res = diagnose_run(args.run, args.analyses, split=args.split, samples=args.samples, sample_ids=args.sample_ids,
-                       compare=args.compare, runs=args.runs, entropy_samples=args.entropy_samples, seed=args.seed,
-                       device=args.device, batch_size=args.batch_size, data_root=args.data_root,
-                       progress=not args.no_progress)
+    options = DiagnoseOptions(analyses=tuple(args.analyses), split=args.split, samples=args.samples,
+                              sample_ids=tuple(args.sample_ids or ()), compare=args.compare, runs=tuple(args.runs),
+                              entropy_samples=args.entropy_samples, seed=args.seed)
+    res = diagnose_run(args.run, options, reopen_from_args(args))
     figs = res.data.get("figures", [])
     print(f"wrote {res.report} ({', '.join(res.data['analyses'])}) and {len(figs)} figure(s) in {res.out_dir}: "
           f"{', '.join(figs[:6])}{' ...' if len(figs) > 6 else ''}")

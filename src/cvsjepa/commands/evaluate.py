@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 from ..errors import ConfigError
+from ._common import add_reopen_args, reopen_from_args
 
 NAME = "evaluate"
 HELP = "score a run's best checkpoint: AP/mAP, thresholds from val, calibration, CIs over videos"
@@ -36,10 +37,7 @@ def add_parser(sub) -> None:
                    help="bootstrap resamples over videos for 95%% CIs (default 1000; 0 = none)")
     e.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
     e.add_argument("--tag", default=None, help="file-name suffix for the outputs (default: derived from TTA/ensemble)")
-    e.add_argument("--data-root", default=None, help="dataset root, if it moved since training")
-    e.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
-    e.add_argument("--batch-size", type=int, default=None, help="clips per forward (default: the run's)")
-    e.add_argument("--no-progress", action="store_true")
+    add_reopen_args(e)
     e.set_defaults(func=run)
 
 
@@ -56,12 +54,12 @@ def parse_tta(text: str, step: int, shift: float):
 
 
 def run(args) -> int:
-    from ..evaluate.runner import evaluate_run
+    from ..evaluate.runner import EvalOptions, evaluate_run
 
-    tta = parse_tta(args.tta, args.tta_step, args.tta_shift)
-    res = evaluate_run(args.run, split=args.split, tta=tta, ensemble=args.ensemble, per_video=args.per_video,
-                       bootstrap=args.bootstrap, seed=args.seed, device=args.device, batch_size=args.batch_size,
-                       data_root=args.data_root, tag=args.tag, progress=not args.no_progress)
+    options = EvalOptions(split=args.split, tta=parse_tta(args.tta, args.tta_step, args.tta_shift),
+                          ensemble=tuple(args.ensemble), per_video=args.per_video, bootstrap=args.bootstrap,
+                          seed=args.seed, tag=args.tag)
+    res = evaluate_run(args.run, options, reopen_from_args(args))
     print(summary_table(res.report))
     print(f"wrote {res.files['json']} (+ thresholds, predictions, PR curves, reliability diagram)")
     return 0

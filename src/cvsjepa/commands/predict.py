@@ -35,9 +35,6 @@ def add_parser(sub) -> None:
                    help="decision thresholds for C1 C2 C3 (default: the run's thresholds.json, else chosen on "
                         "its val predictions, else 0.5)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
-    p.add_argument("--threads", type=int, default=None, metavar="N",
-                   help="CPU threads for the model (default: torch's choice, one per core); on a machine shared "
-                        "with other jobs 1 can be many times faster")
     p.add_argument("--no-plot", action="store_true", help="skip timeline.png")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run)
@@ -53,12 +50,6 @@ def run(args) -> int:
         raise ConfigError(f"--consecutive must be > 0 seconds, got {args.consecutive}")
     if args.fps is not None and not args.fps > 0:
         raise ConfigError(f"--fps must be > 0, got {args.fps}")
-    if args.threads is not None:
-        if args.threads < 1:
-            raise ConfigError(f"--threads must be >= 1, got {args.threads}")
-        import torch
-
-        torch.set_num_threads(args.threads)
     source = Path(args.input)
     out = Path(args.out) if args.out else Path(f"{source.name.rsplit('.', 1)[0] or source.name}_timeline")
     model = CVSModel.from_run(Path(args.run), device=args.device, thresholds=args.thresholds)

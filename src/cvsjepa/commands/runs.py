@@ -23,12 +23,14 @@ def add_parser(sub) -> None:
 
 
 def _expand(paths: list[str]) -> list[Path]:
+    from ..rundir import RunDir
+
     out = []
     for p in map(Path, paths):
-        if (p / "summary.json").is_file() or not p.is_dir():
+        if not p.is_dir() or RunDir(p).is_finished():
             out.append(p)
         else:
-            out += sorted(d for d in p.iterdir() if (d / "summary.json").is_file())
+            out += sorted(d for d in p.iterdir() if RunDir(d).is_finished())
     return out
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ._common import CONFIG_HELP, split_config_args
+from ._common import CONFIG_HELP, load_run_config
 
 NAME = "sweep"
 HELP = "train K heads at once from a feature store (lr x weight-decay grid); keep the best on val"
@@ -19,15 +19,15 @@ def add_parser(sub) -> None:
                     "3e-4, 1e-4} x wd {0.01, 0.1, 0.4, 0.8}; e.g. 'sweep.lrs=[1e-3,3e-4]'. " + CONFIG_HELP)
     p.add_argument("config_and_overrides", nargs="*", metavar="CONFIG [key=value ...]")
     p.add_argument("--no-progress", action="store_true", help="no progress bars (logs only)")
+    p.add_argument("--resume", metavar="RUN",
+                   help="continue the sweep in RUN from its last complete epoch with its saved config.yaml")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
-    from ..config import load_config
     from ..train.sweep import sweep
 
-    path, overrides = split_config_args(args.config_and_overrides)
-    cfg = load_config(path, overrides)
+    cfg = load_run_config(args)
     result = sweep(cfg, progress=not args.no_progress)
     s = result.summary
     w = s["sweep"]["winner"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 
-from ._common import CONFIG_HELP, split_config_args
+from ._common import CONFIG_HELP, load_run_config
 
 NAME = "train"
 HELP = "train a CVS classifier; writes a run directory"
@@ -18,8 +18,9 @@ def add_parser(sub) -> None:
     t.add_argument("config_and_overrides", nargs="*", metavar="CONFIG [key=value ...]")
     t.add_argument("--no-progress", action="store_true", help="no progress bars (logs only)")
     t.add_argument("--resume", metavar="RUN",
-                   help="continue RUN from its last complete epoch with its saved config.yaml "
-                        "(same as: cvsjepa train RUN/config.yaml out=RUN resume=true)")
+                   help="continue RUN (wherever it is now, auto-named or moved) from its last complete epoch with "
+                        "its saved config.yaml; key=value overrides may change only how it runs (train.device, "
+                        "train.threads, data.num_workers, data.frame_cache_mb)")
     t.add_argument("--nproc", type=int, default=1, metavar="N",
                    help="train with N processes on this node through torchrun (DDP; one GPU each, or gloo on "
                         "CPU); train.batch_size is the global batch. For several nodes call torchrun yourself: "
@@ -54,16 +55,10 @@ def _launch_torchrun(nproc: int) -> int:
 def run(args) -> int:
     if args.nproc > 1:
         return _launch_torchrun(args.nproc)
-    from ..config import load_config
-    from ..errors import ConfigError
-    from ..train.loop import dry_run, train
+    from ..train.build import dry_run
+    from ..train.classifier import train
 
-    path, overrides = split_config_args(args.config_and_overrides)
-    if args.resume:
-        if path:
-            raise ConfigError("--resume RUN takes the config from RUN/config.yaml; do not pass a config file too")
-        path, overrides = f"{args.resume}/config.yaml", [*overrides, f"out={args.resume}", "resume=true"]
-    cfg = load_config(path, overrides)
+    cfg = load_run_config(args)
     if args.dry_run:
         print(json.dumps(dry_run(cfg), indent=2))
         return 0

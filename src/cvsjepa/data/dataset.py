@@ -11,10 +11,12 @@ from __future__ import annotations
 import functools
 import logging
 from pathlib import Path
+from typing import get_args
 
 import torch
 from torch.utils.data import Dataset, default_collate
 
+from ..config import TargetMode
 from ..errors import DataError
 from .endoscapes import BAD_SAMPLE_POLICIES, Sample
 from .frames import FrameCache, read_frame
@@ -22,7 +24,7 @@ from .transforms import preprocess_frames
 
 log = logging.getLogger("cvsjepa")
 
-TARGET_MODES = ("hard", "soft")
+TARGET_MODES = get_args(TargetMode)
 
 
 def load_preprocessed(path: Path, crop: int) -> torch.Tensor:

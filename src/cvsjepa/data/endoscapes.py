@@ -26,15 +26,16 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, Sequence, get_args
 
+from ..config import BadSamplePolicy, DataSource
 from ..errors import DataError
 from .frames import link_placeholder_error, looks_like_link_placeholder, missing_file_error
 
 log = logging.getLogger("cvsjepa")
 
-SOURCES = ("auto", "coco", "csv")
-BAD_SAMPLE_POLICIES = ("error", "skip")
+SOURCES = get_args(DataSource)
+BAD_SAMPLE_POLICIES = get_args(BadSamplePolicy)
 LAYOUT = ("expected the Endoscapes2023 layout: {root}/{split}/ holding {video_id}_{frame}.jpg frames with "
           "annotation_ds_coco.json (and annotation_coco_vid.json), or {root}/all_metadata.csv with "
           "{root}/{split}_vids.txt listing each split's video ids")
@@ -345,7 +346,7 @@ def _frame_file_problem(path: Path) -> DataError | None:
 # ---- reading the label sources --------------------------------------------------------------
 
 ANNOTATOR_COLUMNS = ("cvs_annotator_1", "cvs_annotator_2", "cvs_annotator_3")
-CRITERION_COLUMNS = ("C1", "C2", "C3")
+CRITERION_COLUMNS = ("C1", "C2", "C3")  # all_metadata.csv's column names (a file format, not display names)
 _JPEG_NAME = re.compile(r"(\d+)_(\d+)\.jpe?g", re.IGNORECASE)
 
 

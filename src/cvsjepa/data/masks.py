@@ -20,6 +20,12 @@ DEFAULT_LABEL_MAP = {"background": 0, "cystic_plate": 1, "calot_triangle": 2, "c
                      "cystic_duct": 4, "gallbladder": 5, "tool": 6}
 
 
+def seg_class_names(cfg) -> list[str]:
+    """Display names of ``cfg.seg.classes`` (class ids of the default label map; unknown ids as ``class<k>``)."""
+    names = {v: k for k, v in DEFAULT_LABEL_MAP.items()}
+    return [names.get(c, f"class{c}") for c in cfg.seg.classes]
+
+
 def read_label_map(path: Path) -> dict[str, int]:
     """``name: id`` / ``name id`` / ``id name`` per line; blank lines and # comments ignored."""
     out = {}

@@ -68,6 +68,8 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 from ..errors import DataError
+from .endoscapes import CRITERION_COLUMNS
+from .oracle import ORACLE_FILE
 
 log = logging.getLogger("cvsjepa")
 
@@ -698,7 +700,7 @@ def _write_annotations(tmp: Path, all_videos: list[_Video], split_vids: dict, se
             "oracle_ap": oracle[split]["ap"], "oracle_map": oracle[split]["map"],
         }
 
-    header = ["vid", "frame", "avg_cvs", "C1", "C2", "C3", "is_ds_keyframe", "cvs_annotator_1",
+    header = ["vid", "frame", "avg_cvs", *CRITERION_COLUMNS, "is_ds_keyframe", "cvs_annotator_1",
               "cvs_annotator_2", "cvs_annotator_3", "mask_path", "label_path"]
     _write_csv(tmp / "all_metadata.csv", header, csv_rows)
     _write_csv(tmp / "synth_truth.csv",
@@ -708,7 +710,7 @@ def _write_annotations(tmp: Path, all_videos: list[_Video], split_vids: dict, se
         (tmp / f"{split}_vids.txt").write_text(_vid_lines(split_vids[split]))
         (tmp / f"{split}_seg_vids.txt").write_text(_vid_lines(seg_vids[split]))
     (tmp / "seg_label_map.txt").write_text("".join(f"{n}: {i}\n" for i, n in enumerate(SEG_CLASSES)))
-    (tmp / "oracle.json").write_text(json.dumps(oracle, indent=2) + "\n")
+    (tmp / ORACLE_FILE).write_text(json.dumps(oracle, indent=2) + "\n")
     params = {"generator": "cvsjepa synth", "generator_version": GENERATOR_VERSION, "synthetic": True,
               "seed": seed, "videos": list(videos), "min_seconds": min_seconds, "max_seconds": max_seconds,
               "seg_fraction": seg_fraction, "seg_every_s": seg_every_s, "width": WIDTH, "height": HEIGHT, "source_fps": SOURCE_FPS,

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..data.transforms import denormalise
-from ..evaluate.figures import pyplot, save_figure
+from ..plots import pyplot, save_figure
 from ..evaluate.inference import move_batch
 
 

@@ -21,7 +21,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .. import CRITERIA
+from ..criteria import CRITERIA
 
 CATEGORIES = ("full CVS", "C1-only", "C2-only", "C3-only", "mixed", "all-negative")
 
@@ -118,7 +118,7 @@ def pick_per_category(labels: np.ndarray, per_category: int, seed: int = 0) -> l
 def plot_categories(path, rows: list[dict], temporal: dict[str, list[float]], n_tokens: int, title: str):
     """2x2: mean attention std and max per category (in units of the uniform weight 1/N),
     accuracy and exact match at the val thresholds, and the mean attention mass per time step."""
-    from ..evaluate.figures import pyplot, save_figure
+    from ..plots import pyplot, save_figure
 
     plt = pyplot()
     rows = [r for r in rows if r["n"]]

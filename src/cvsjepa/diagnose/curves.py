@@ -9,22 +9,20 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from ..errors import ConfigError
-from ..evaluate.figures import pyplot, save_figure
-from ..train.rundir import read_metrics
+from ..plots import pyplot, save_figure
+from ..rundir import RunDir
 
 
 def load_curves(run_dirs: list[Path]) -> dict[str, list[dict]]:
     """Run label -> metrics.csv rows; labels are the directory names (made unique if needed)."""
     out: dict[str, list[dict]] = {}
-    for run in run_dirs:
-        run = Path(run)
-        if not (run / "metrics.csv").is_file():
-            raise ConfigError(f"{run} has no metrics.csv: is it a run directory written by `cvsjepa train`?")
+    for path in run_dirs:
+        run = RunDir.open(path)
+        rows = run.read_metrics()
         label = run.name or str(run)
         while label in out:
             label = f"{label}'"
-        out[label] = read_metrics(run)
+        out[label] = rows
     return out
 
 

@@ -23,7 +23,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..errors import ConfigError
-from ..evaluate.figures import pyplot, save_figure
+from ..plots import pyplot, save_figure
 from ..evaluate.inference import move_batch
 from .attention import normalised_entropy
 

@@ -24,14 +24,19 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Subset, default_collate
 
-from .. import CRITERIA, __version__
+from ..criteria import CRITERIA
+
+from ..version import __version__
 from ..data.dataset import collate_skip_none
 from ..data.loaders import build_splits
+from ..data.masks import seg_class_names
 from ..errors import ConfigError
 from ..evaluate.inference import move_batch, predict_loader
-from ..evaluate.runner import best_checkpoint, json_safe, load_run, role_split
+from ..evaluate.runner import json_safe, role_split
 from ..evaluate.thresholds import choose_thresholds
 from ..io import atomic_write_json, atomic_write_text
+from ..reopen import Reopen, load_run
+from ..rundir import DIAGNOSE_DIR, RunDir
 from .attention import (collect_attention, mean_map, normalised_entropy, plot_attention_clip, to_grid,
                         token_layout)
 from .criteria import (CATEGORIES, categories, category, category_table, criterion_comparison, pick_per_category,
@@ -44,6 +49,19 @@ log = logging.getLogger("cvsjepa")
 
 ANALYSES = ("attention", "categories", "entropy", "curves")
 OPT_IN = ("seg",)  # needs a multi-task run; not part of "all"
+
+
+@dataclass(frozen=True)
+class DiagnoseOptions:
+    """What ``cvsjepa diagnose`` analyses (how it re-opens the run is a :class:`~cvsjepa.reopen.Reopen`)."""
+    analyses: tuple[str, ...] = ("all",)
+    split: str = "val"
+    samples: int = 2  # attention heatmaps per label category
+    sample_ids: tuple[str, ...] = ()  # heatmaps for these clips instead
+    compare: str | Path | None = None  # second run for the entropy comparison
+    runs: tuple[str | Path, ...] = ()  # more runs on the training-curve plot
+    entropy_samples: int = 8
+    seed: int = 0
 
 
 @dataclass
@@ -62,14 +80,13 @@ def expand(analyses: list[str]) -> list[str]:
     return base + [a for a in OPT_IN if a in chosen]
 
 
-def diagnose_run(run_dir: str | Path, analyses: list[str] = ("all",), split: str = "val", samples: int = 2,
-                 sample_ids: list[str] | None = None, compare: str | Path | None = None, runs: list = (),
-                 entropy_samples: int = 8, seed: int = 0, device: str = "auto", batch_size: int | None = None,
-                 data_root: str | None = None, progress: bool = True) -> DiagnoseResult:
-    from ..train.loop import resolve_device
-
+def diagnose_run(run_dir: str | Path, options: DiagnoseOptions = DiagnoseOptions(),
+                 reopen: Reopen = Reopen()) -> DiagnoseResult:
     t0 = time.time()
-    todo = expand(list(analyses))
+    o = options
+    split, samples, sample_ids, compare, runs = o.split, o.samples, list(o.sample_ids), o.compare, o.runs
+    entropy_samples, seed, progress = o.entropy_samples, o.seed, reopen.progress
+    todo = expand(list(o.analyses))
     run = Path(run_dir)
     if split not in ("val", "test"):
         raise ConfigError(f"--split must be val or test, got {split!r}")
@@ -81,27 +98,27 @@ def diagnose_run(run_dir: str | Path, analyses: list[str] = ("all",), split: str
         log.warning("--runs is used by the curves analysis only, which is not selected: ignored")
     needs_model = any(a in todo for a in ("attention", "categories", "entropy", "seg"))
     if needs_model:
-        best_checkpoint(run)
+        RunDir.open(run).require_best()
         if compare is not None and "entropy" in todo:
-            best_checkpoint(compare)
-    elif not run.is_dir():
-        raise ConfigError(f"run directory {run} does not exist" if not run.exists() else f"{run} is not a directory")
+            RunDir.open(compare).require_best()
+    else:
+        RunDir.open(run)
     curve_runs = [run, *[Path(r) for r in runs]]
     if "curves" in todo:
         curves = load_curves(curve_runs)  # fail early on a run without metrics.csv
 
-    out = run / "diagnose"
+    out = run / DIAGNOSE_DIR
     out.mkdir(exist_ok=True)
     data: dict = {"run": str(run), "split": split, "analyses": todo, "cvsjepa_version": __version__}
     md = [f"# Diagnostics: `{run.name}`\n"]
-    dev = resolve_device(device)
+    dev = reopen.torch_device()
     if needs_model:
-        model, cfg, meta = load_run(run, dev, data_root)
+        model, cfg, meta = load_run(run, reopen, dev)
         role_split(cfg, split)
         splits = build_splits(cfg, model.backbone.crop_size, roles=tuple(dict.fromkeys(("val", split))))
         sd = splits[split]
         grid = token_layout(model.backbone, cfg.data.frames)  # (levels, T', H', W')
-        bs = batch_size or cfg.train.batch_size
+        bs = reopen.batch(cfg)
         data.update(backbone=model.backbone.name, checkpoint_epoch=meta.get("epoch"), token_layout=list(grid),
                     split_name=role_split(cfg, split), n_samples=len(sd.index.samples))
         md.append(f"Backbone `{model.backbone.name}`; best checkpoint of epoch {meta.get('epoch')}; split "
@@ -114,7 +131,7 @@ def diagnose_run(run_dir: str | Path, analyses: list[str] = ("all",), split: str
         if "categories" in todo:
             md += _categories(model, cfg, splits, split, grid, bs, dev, out, data, progress)
         if "entropy" in todo:
-            md += _entropy(model, run, sd, split, compare, entropy_samples, seed, dev, data_root, out, data, progress)
+            md += _entropy(model, run, sd, split, compare, entropy_samples, seed, dev, reopen, out, data, progress)
         if "seg" in todo:
             md += _seg(model, cfg, sd, samples, seed, out, data)
         del model
@@ -129,7 +146,6 @@ def diagnose_run(run_dir: str | Path, analyses: list[str] = ("all",), split: str
 
 
 def _seg(model, cfg, sd, samples, seed, out, data) -> list[str]:
-    from ..train.loop import seg_class_names
     from .segmentation import seg_check
 
     path, rows = seg_check(model.cpu(), cfg, sd, seg_class_names(cfg), max(samples, 4), seed, out)
@@ -285,14 +301,14 @@ def _entropy_indices(sd, n: int, seed: int) -> list[int]:
     return sorted(rng.choice(total, size=min(n, total), replace=False).tolist())
 
 
-def _entropy(model, run, sd, split, compare, n, seed, dev, data_root, out, data, progress) -> list[str]:
+def _entropy(model, run, sd, split, compare, n, seed, dev, reopen, out, data, progress) -> list[str]:
     idx = _entropy_indices(sd, n, seed)
     ids = [sd.index.samples[i].sample_id for i in idx]
     loader = DataLoader(Subset(sd.dataset, idx), batch_size=1, shuffle=False, collate_fn=collate_skip_none)
     results = {run.name: internal_entropy(model, loader, dev, progress=progress)}
     if compare is not None:
         other = Path(compare)
-        model2, cfg2, _ = load_run(other, dev, data_root)
+        model2, cfg2, _ = load_run(other, reopen, dev)
         sd2 = build_splits(cfg2, model2.backbone.crop_size, roles=(split,))[split]
         pos = {s.sample_id: i for i, s in enumerate(sd2.index.samples)}
         missing = [s for s in ids if s not in pos]

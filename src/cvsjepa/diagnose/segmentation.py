@@ -26,11 +26,9 @@ def colour(mask: np.ndarray) -> np.ndarray:
 def seg_check(model, cfg, sd, class_names: list[str], samples: int, seed: int, out: Path) -> tuple[Path, list[dict]]:
     """A PNG grid of ``samples`` masked clips of the split: frame | ground truth | prediction, and
     returns one row per sample (id, labels, probabilities, pixel accuracy)."""
-    import matplotlib
+    from ..plots import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     if model.seg_head is None:
         raise ConfigError("this run has no segmentation decoder (seg.enabled was false); 'seg' needs a "
                           "multi-task run such as configs/exp8_multitask.yaml")
@@ -71,6 +69,4 @@ def seg_check(model, cfg, sd, class_names: list[str], samples: int, seed: int, o
     fig.legend(handles, class_names, loc="lower center", ncol=min(7, len(class_names)), fontsize=8)
     fig.tight_layout(rect=(0, 0.04, 1, 1))
     path = out / f"segmentation_check_{sd.index.split}.png"
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path, rows
+    return save_figure(fig, path, dpi=100), rows

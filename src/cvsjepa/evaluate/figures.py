@@ -8,29 +8,8 @@ from pathlib import Path
 import torch
 from torchmetrics.functional.classification import binary_precision_recall_curve
 
+from ..plots import pyplot, save_figure
 from .calibration import ReliabilityBins
-
-
-def save_figure(fig, path: Path, dpi: int = 110) -> Path:
-    """Write a matplotlib figure atomically (temp name, then rename) and close it."""
-    import matplotlib.pyplot as plt
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".tmp-{path.name}")
-    fig.savefig(tmp, dpi=dpi, format="png")
-    plt.close(fig)
-    tmp.replace(path)
-    return path
-
-
-def pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def pr_curve(scores: torch.Tensor, labels: torch.Tensor, decimals: int = 5) -> dict:

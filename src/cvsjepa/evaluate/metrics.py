@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import torch
 from torchmetrics.functional.classification import multilabel_average_precision
 
-from .. import CRITERIA
+from ..criteria import CRITERIA
 
 
 @dataclass(frozen=True)

@@ -22,13 +22,13 @@ from pathlib import Path
 
 import torch
 
-from .. import __version__
-from ..checkpoint import load_classifier, read_checkpoint_meta
-from ..config import RunConfig, from_dict
+from ..version import __version__
+from ..config import RunConfig
 from ..data.loaders import SplitData, build_splits
-from ..errors import CheckpointError, ConfigError
+from ..errors import ConfigError
 from ..io import atomic_write_json
-from ..train.rundir import write_predictions
+from ..reopen import Reopen, load_run, run_config
+from ..rundir import BEST_DIR, RunDir, eval_file, pr_curves_file, reliability_file, thresholds_file
 from .bootstrap import bootstrap_ci
 from .calibration import ECE_BINS, reliability_bins
 from .figures import plot_pr_curves, plot_reliability, pr_curve
@@ -45,44 +45,24 @@ ROLES = ("val", "test")
 THRESHOLD_RULE = "per criterion, the threshold maximising balanced accuracy on val (evaluate/thresholds.py)"
 
 
+@dataclass(frozen=True)
+class EvalOptions:
+    """What ``cvsjepa evaluate`` computes (how it re-opens the run is a :class:`~cvsjepa.reopen.Reopen`)."""
+    split: str = "test"  # val | test; thresholds always come from val
+    tta: TTASettings = TTASettings()
+    ensemble: tuple[str | Path, ...] = ()  # more runs whose probabilities are averaged with RUN's
+    per_video: bool = False
+    bootstrap: int = 1000  # resamples over videos for the 95 % CIs; 0 = none
+    seed: int = 0
+    tag: str | None = None  # output file suffix; None: derived from TTA / ensemble
+
+
 @dataclass
 class EvalResult:
     run_dir: Path
     split: str
     files: dict[str, Path]
     report: dict
-
-
-def best_checkpoint(run_dir: str | Path) -> Path:
-    """``RUN/checkpoints/best`` after checking RUN is a run directory that has one."""
-    run = Path(run_dir)
-    if not run.exists():
-        raise ConfigError(f"run directory {run} does not exist")
-    if not run.is_dir():
-        raise ConfigError(f"{run} is a file, not a run directory")
-    ckpt = run / "checkpoints" / "best"
-    if not (ckpt / "config.json").is_file():
-        raise CheckpointError(f"{run} has no best checkpoint ({ckpt / 'config.json'} is missing): is it a run "
-                              f"directory, and did training finish at least one epoch?")
-    return ckpt
-
-
-def run_config(run_dir: str | Path, data_root: str | None = None) -> tuple[RunConfig, dict]:
-    """The config a run's best checkpoint was trained with (``data.root`` replaced if given)."""
-    ckpt = best_checkpoint(run_dir)
-    meta = read_checkpoint_meta(ckpt)
-    cfg = from_dict(meta["config"], where=str(ckpt / "config.json"))
-    if data_root:
-        cfg.data.root = str(data_root)
-    return cfg, meta
-
-
-def load_run(run_dir: str | Path, device: torch.device, data_root: str | None = None):
-    """``(model, cfg, meta)`` of a run's best checkpoint, ``data.root`` replaced if given."""
-    model, cfg, meta = load_classifier(best_checkpoint(run_dir), device)
-    if data_root:
-        cfg.data.root = str(data_root)
-    return model, cfg, meta
 
 
 def role_split(cfg: RunConfig, role: str) -> str:
@@ -115,25 +95,24 @@ def check_same_samples(reference: list[str], other: list[str], ref_run: Path, ru
                       f"members must be indexed on the same data (data.root, splits, limit_per_split)")
 
 
-def predict_members(runs: list[Path], roles: tuple[str, ...], tta: TTASettings, device: torch.device,
-                    batch_size: int | None, data_root: str | None, progress: bool) -> dict[str, Predictions]:
+def predict_members(runs: list[Path], roles: tuple[str, ...], tta: TTASettings, reopen: Reopen,
+                    device: torch.device) -> dict[str, Predictions]:
     """Per role, the mean probability over the members (one member = no ensemble)."""
     # Index every member first (cheap, no model): refuse a mismatch before any forward pass.
     ids: dict[str, list[str]] = {}
     for run in runs if len(runs) > 1 else ():
-        cfg, meta = run_config(run, data_root)
+        cfg, meta = run_config(run, reopen)
         crop = int(meta["backbone"]["crop_size"])
         for role, sd in build_splits(cfg, crop, roles=roles).items():
             sids = [s.sample_id for s in sd.index.samples]
             check_same_samples(ids.setdefault(role, sids), sids, runs[0], run, role)
     summed: dict[str, Predictions] = {}
     for i, run in enumerate(runs):
-        model, cfg, _ = load_run(run, device, data_root)
+        model, cfg, _ = load_run(run, reopen, device)
         splits = build_splits(cfg, model.backbone.crop_size, roles=roles)
-        bs = batch_size or cfg.train.batch_size
         for role in roles:
             tag = f"{role}" + (f" [{i + 1}/{len(runs)}]" if len(runs) > 1 else "")
-            p = predict_split(model, cfg, splits[role], tta, device, bs, tag, progress)
+            p = predict_split(model, cfg, splits[role], tta, device, reopen.batch(cfg), tag, reopen.progress)
             if role not in summed:
                 summed[role] = p
                 continue
@@ -162,40 +141,37 @@ def output_tag(tta: TTASettings, n_members: int, tag: str | None) -> str:
     return "_".join(parts)
 
 
-def evaluate_run(run_dir: str | Path, split: str = "test", tta: TTASettings = TTASettings(),
-                 ensemble: list[str | Path] = (), per_video: bool = False, bootstrap: int = 1000, seed: int = 0,
-                 device: str = "auto", batch_size: int | None = None, data_root: str | None = None,
-                 tag: str | None = None, progress: bool = True) -> EvalResult:
-    from ..train.loop import resolve_device
-
+def evaluate_run(run_dir: str | Path, options: EvalOptions = EvalOptions(), reopen: Reopen = Reopen()) -> EvalResult:
     t0 = time.time()
+    o = options
+    split, tta, bootstrap, progress = o.split, o.tta, o.bootstrap, reopen.progress
     if split not in ROLES:
         raise ConfigError(f"--split must be one of {', '.join(ROLES)}, got {split!r}")
     if bootstrap < 0:
         raise ConfigError(f"--bootstrap must be >= 0 (0 = no confidence intervals), got {bootstrap}")
     run = Path(run_dir)
-    runs = [run] + [Path(r) for r in ensemble]
+    runs = [run] + [Path(r) for r in o.ensemble]
     if len(set(map(str, (r.resolve() for r in runs)))) < len(runs):
         raise ConfigError("an ensemble member is listed twice (RUN itself counts as the first member)")
-    cfgs = [run_config(r, data_root) for r in runs]  # every run checked before any work
+    cfgs = [run_config(r, reopen) for r in runs]  # every run checked before any work
     cfg, meta = cfgs[0]
     for role in ("val", split):
         role_split(cfg, role)
     names = tuple(cfg.data.criteria)
-    dev = resolve_device(device)
+    dev = reopen.torch_device()
     roles = ("val",) if split == "val" else ("val", split)
 
-    preds = predict_members(runs, roles, tta, dev, batch_size, data_root, progress)
+    preds = predict_members(runs, roles, tta, reopen, dev)
     val, ev = preds["val"], preds[split]
     if len(ev.sample_ids) == 0:
         raise ConfigError(f"the {split} split has no keyframe to evaluate")
     thresholds = choose_thresholds(val.probs, val.labels)  # val labels only, by construction
     log.info("thresholds chosen on val (%d keyframes): %s", len(val.sample_ids),
              ", ".join(f"{n} {t:.3f}" for n, t in zip(names, thresholds)))
-    report = build_report(ev, val, thresholds, names, per_video, bootstrap, seed, progress)
+    report = build_report(ev, val, thresholds, names, o.per_video, bootstrap, o.seed, progress)
     report = {
         "run": str(run), "split": split, "split_name": role_split(cfg, split),
-        "checkpoint": {"path": str(run / "checkpoints" / "best"), "epoch": meta.get("epoch"),
+        "checkpoint": {"path": str(run / BEST_DIR), "epoch": meta.get("epoch"),
                        "val_map_at_training": meta.get("val_map")},
         "backbone": (meta.get("backbone") or {}).get("name"),
         **report,
@@ -209,7 +185,7 @@ def evaluate_run(run_dir: str | Path, split: str = "test", tta: TTASettings = TT
         if len(runs) > 1 else None,
         "cvsjepa_version": __version__,
     }
-    suffix = output_tag(tta, len(runs), tag)
+    suffix = output_tag(tta, len(runs), o.tag)
     files = write_outputs(run, split, suffix, report, preds, thresholds, val, names, cfg)
     report["seconds"] = round(time.time() - t0, 1)
     atomic_write_json(files["json"], json_safe(report))
@@ -258,13 +234,10 @@ def build_report(ev: Predictions, val: Predictions, thresholds: list[float], nam
 
 def write_outputs(run: Path, split: str, suffix: str, report: dict, preds: dict[str, Predictions],
                   thresholds: list[float], val: Predictions, names: tuple[str, ...], cfg: RunConfig) -> dict:
-    sfx = f"_{suffix}" if suffix else ""
-    files = {"json": run / f"eval_{split}{sfx}.json", "thresholds": run / f"thresholds{sfx}.json",
-             "pr_curves": run / f"pr_curves_{split}{sfx}.png", "reliability": run / f"reliability_{split}{sfx}.png"}
+    files = {"json": run / eval_file(split, suffix), "thresholds": run / thresholds_file(suffix),
+             "pr_curves": run / pr_curves_file(split, suffix), "reliability": run / reliability_file(split, suffix)}
     for role, p in preds.items():
-        files[f"predictions_{role}"] = run / f"predictions_{role}{sfx}.csv"
-        write_predictions(files[f"predictions_{role}"], p.sample_ids, p.video_ids, p.frames, p.labels,
-                          p.rater_means, p.probs, names)
+        files[f"predictions_{role}"] = RunDir(run).write_predictions(role, p, names, tag=suffix)
     atomic_write_json(files["thresholds"], json_safe({
         "criteria": list(names), "thresholds": thresholds, "chosen_on": "val", "val_split": cfg.data.val_split,
         "rule": THRESHOLD_RULE, "undefined_on_val": undefined_on_val(val, names),

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torchmetrics.functional.classification import binary_average_precision
 
-from .. import CRITERIA
+from ..criteria import CRITERIA
 from .calibration import ECE_BINS, brier_score, expected_calibration_error
 from .metrics import cvs_average_precision
 from .thresholds import balanced_accuracy

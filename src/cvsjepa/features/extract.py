@@ -27,12 +27,14 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from .. import distributed
 from ..backbones import build_backbone
 from ..config import RunConfig
 from ..data.endoscapes import Sample, load_splits
 from ..data.frames import FrameCache, read_frame
 from ..data.loaders import split_names
 from ..errors import ConfigError, DataError
+from ..runtime import configure_threads, resolve_device
 from .store import DTYPES, FeatureStore, clip_hash, store_key
 from .writer import RankShardWriter, StoreWriter
 from .views import MAX_VIEWS, VIEW_NAMES, preprocess_views
@@ -171,9 +173,8 @@ def extract(cfg: RunConfig, progress: bool = True) -> ExtractResult:
     check_features_config(cfg)
     if not cfg.data.root:
         raise ConfigError("data.root is not set: pass data.root=/path/to/endoscapes (or a `cvsjepa synth` folder)")
-    from ..train import distributed
-
-    device = distributed.setup() or _device(cfg.train.device)
+    configure_threads(cfg.train.threads, cfg.data.num_workers)
+    device = distributed.setup() or resolve_device(cfg.train.device)
     failed = True
     try:
         result = _extract(cfg, device, progress and distributed.is_main(), t_start)
@@ -184,8 +185,6 @@ def extract(cfg: RunConfig, progress: bool = True) -> ExtractResult:
 
 
 def _extract(cfg: RunConfig, device, progress: bool, t_start: float) -> "ExtractResult":
-    from ..train import distributed
-
     backbone = build_backbone(cfg.backbone, device=device).freeze()
     if cfg.data.frames % backbone.tubelet_size:
         raise ConfigError(f"data.frames={cfg.data.frames} must be a multiple of the backbone's tubelet size "
@@ -246,15 +245,6 @@ def _extract(cfg: RunConfig, device, progress: bool, t_start: float) -> "Extract
                  stats.decode_s, stats.preprocess_s, stats.forward_s, stats.write_s, stats.decodes_per_jpeg,
                  _human(layout.get("bytes_per_clip", 0)))
     return ExtractResult(Path(cfg.features.store), stats, total, layout)
-
-
-def _device(name: str) -> torch.device:
-    # as train.loop.resolve_device, without importing the training stack (torchmetrics: seconds)
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"train.device={name} but CUDA is not available on this machine; use train.device=cpu")
-    return torch.device(name)
 
 
 def _run(cfg, backbone, device, writer: StoreWriter, indices, work, total, stats: ExtractStats, progress) -> None:

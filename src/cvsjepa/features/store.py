@@ -45,6 +45,7 @@ import numpy as np
 import torch
 
 from ..errors import CVSJepaError
+from ..io import sha256_file
 
 log = logging.getLogger("cvsjepa")
 
@@ -279,18 +280,12 @@ def check_shard(path: Path, entry: dict, checksum: bool = True) -> None:
         raise ShardCorruptError(f"shard {path} is {size} bytes but was written as {entry['bytes']}: it is truncated "
                                 f"or damaged; {redo}")
     if checksum:
-        digest = file_sha256(path)
+        digest = sha256_file(path)
         if digest != entry["sha256"]:
             raise ShardCorruptError(f"shard {path} fails its checksum (sha256 {digest[:16]}... != recorded "
                                     f"{entry['sha256'][:16]}...): the file is corrupted; {redo}")
 
 
-def file_sha256(path: Path, chunk: int = 8 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 class StoreReader:

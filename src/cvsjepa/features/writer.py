@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import __version__
+from ..version import __version__
 from ..io import atomic_write, atomic_write_json
 from .store import (MANIFEST, STORE_FORMAT, STORE_FORMAT_VERSION, FeatureStore, FeatureStoreError, ShardCorruptError,
                     StoreKeyError, check_key, check_shard, shard_name)

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ..criteria import CRITERIA
 from ..data.endoscapes import causal_clip
 from ..data.transforms import preprocess_frames
 from ..io import atomic_write_json, atomic_write_text
@@ -80,7 +81,7 @@ class Timeline:
     thresholds: tuple[float, float, float]
     fps: float
     consecutive_s: float = 3.0
-    criteria: tuple[str, ...] = ("C1", "C2", "C3")
+    criteria: tuple[str, ...] = CRITERIA
     video: dict = field(default_factory=dict)
     model: dict = field(default_factory=dict)
     decode: dict = field(default_factory=dict)
@@ -169,11 +170,9 @@ class Timeline:
 
     def plot(self, path: str | Path) -> Path:
         """The three probabilities over time, thresholds dashed, shaded where all three pass."""
-        import matplotlib
+        from ..plots import pyplot, save_figure
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
+        plt = pyplot()
         minutes = self.duration_s > 600
         scale = 60.0 if minutes else 1.0
         t = self.times / scale
@@ -197,13 +196,7 @@ class Timeline:
         name = Path(self.video.get("path", "")).name
         ax.set_title(f"{name}: {self.summary()}", fontsize=8)
         fig.tight_layout()
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".tmp-{path.name}")
-        fig.savefig(tmp, dpi=110, format="png")
-        plt.close(fig)
-        tmp.replace(path)
-        return path
+        return save_figure(fig, path)
 
     def save(self, out_dir: str | Path, plot: bool = True) -> dict[str, Path]:
         """Write ``timeline.csv``, ``timeline.json`` and (``plot``) ``timeline.png`` into ``out_dir``."""
@@ -242,7 +235,7 @@ def run_clips(clips: Iterable[tuple[ClipMeta, torch.Tensor]], predict: Callable[
 def build_timeline(reader, predict: Callable[[torch.Tensor], torch.Tensor], *, crop: int, frames: int,
                    stride: int, thresholds: tuple[float, float, float], consecutive_s: float = 3.0,
                    batch_size: int = 8, progress: bool = False, model_info: dict | None = None,
-                   criteria: tuple[str, ...] = ("C1", "C2", "C3")) -> Timeline:
+                   criteria: tuple[str, ...] = CRITERIA) -> Timeline:
     """Read ``reader`` (:func:`cvsjepa.predict.video.open_frames`) to the end, or to where it fails."""
     if batch_size < 1:
         raise ValueError(f"batch size must be >= 1, got {batch_size}")

@@ -15,7 +15,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import LossConfig
+from typing import get_args
+
+from ..config import LossConfig, LossType
 
 
 class CVSLoss(nn.Module):
@@ -42,6 +44,6 @@ class CVSLoss(nn.Module):
 
 
 def build_loss(cfg: LossConfig) -> nn.Module:
-    if cfg.type not in ("bce", "focal"):
-        raise ValueError(f"unknown loss.type {cfg.type!r}")  # config validation lists the choices
+    if cfg.type not in get_args(LossType):
+        raise ValueError(f"unknown loss.type {cfg.type!r}")  # the config refuses it first, naming the choices
     return CVSLoss(cfg.type, cfg.pos_weight or None, cfg.label_smoothing, cfg.focal_alpha, cfg.focal_gamma)

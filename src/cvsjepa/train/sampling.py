@@ -1,4 +1,4 @@
-"""Class-balanced sampling weights (exp4); `train.distributed.GlobalBatchSampler` draws with them."""
+"""Class-balanced sampling weights (exp4); `cvsjepa.distributed.GlobalBatchSampler` draws with them."""
 
 from __future__ import annotations
 
