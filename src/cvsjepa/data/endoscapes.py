@@ -12,6 +12,10 @@ Labels: ``ds`` is the mean of 3 binary raters per criterion, so each value is k/
 is ``round(mean)`` = the majority of 3 (no ties), the soft target is the mean itself.
 Clips are causal: the keyframe and the ``frames - 1`` earlier 1 fps frames, ``stride`` apart,
 padded with the video's first frame near its start (as the official temporal models do).
+
+This file is long because the index reads two label sources (the COCO JSONs, and all_metadata.csv
+with the ``*_vids.txt`` lists) whose quirks are checked against each other; kept together, every
+rule about the real layout lives in one place.
 """
 
 from __future__ import annotations

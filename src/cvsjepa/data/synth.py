@@ -44,6 +44,9 @@ Layout written under ``out`` (see shared/reference/endoscapes2023.md)::
 Determinism: all randomness comes from ``numpy.random.Generator`` objects seeded from ``seed``
 (per video: ``SeedSequence([seed, vid])``), drawn in the parent process; rendering is a pure
 function of those draws. The same seed gives byte-identical JSON/CSV/TXT files and images.
+
+This file is long because the synthetic scene is one model: what is drawn, the visibilities that
+drive the raters and the oracle computed from them must agree, so they are written side by side.
 """
 
 from __future__ import annotations
