@@ -72,17 +72,23 @@ def missing_file_error(path: str | os.PathLike, what: str = "frame") -> DataErro
                      "were extracted into its folder as {video_id}_{frame}.jpg")
 
 
+def _existing_frame(path: str | os.PathLike) -> Path:
+    """``path`` as a Path after checking it is a real file, not missing and not a link placeholder."""
+    path = Path(path)
+    if not path.is_file():
+        raise missing_file_error(path)
+    if looks_like_link_placeholder(path):
+        raise link_placeholder_error(path)
+    return path
+
+
 def read_frame(path: str | os.PathLike) -> torch.Tensor:
     """Decode a JPEG (or any PIL image) to uint8 RGB ``[H, W, 3]``.
 
     The full image is decoded (``img.load()``) so a truncated file fails here, with its name,
     rather than later as a grey band or an obscure error inside a DataLoader worker.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise missing_file_error(path)
-    if looks_like_link_placeholder(path):
-        raise link_placeholder_error(path)
+    path = _existing_frame(path)
     try:
         with Image.open(path) as img:
             img.load()
@@ -100,11 +106,7 @@ def read_frame(path: str | os.PathLike) -> torch.Tensor:
 def frame_size(path: str | os.PathLike) -> tuple[int, int]:
     """(height, width) of a frame from its header, without decoding it; DataError naming the file
     when it is missing, a link placeholder or not an image."""
-    path = Path(path)
-    if not path.is_file():
-        raise missing_file_error(path)
-    if looks_like_link_placeholder(path):
-        raise link_placeholder_error(path)
+    path = _existing_frame(path)
     try:
         with Image.open(path) as img:
             return int(img.height), int(img.width)
