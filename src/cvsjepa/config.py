@@ -29,7 +29,9 @@ CONFIG_VERSION = 1
 # The choices of every enumerated key, defined once: the dataclass fields below are typed with these,
 # OmegaConf refuses any other value, and the modules that act on a key read its choices from here
 # (``typing.get_args``). Registries (heads, losses, backbone families) are checked against them in tests.
+DataFormat = Literal["auto", "endoscapes", "sages2024"]
 DataSource = Literal["auto", "coco", "csv"]
+FrameSource = Literal["auto", "video", "frames"]
 TargetMode = Literal["hard", "soft"]
 BadSamplePolicy = Literal["error", "skip"]
 BackboneFamily = Literal["vjepa2", "videomae", "dinov2"]
@@ -47,8 +49,14 @@ MaskSource = Literal["auto", "semseg", "coco"]
 
 @dataclass
 class DataConfig:
-    root: str = ""  # Endoscapes2023 root, or a `cvsjepa synth` output folder
-    source: DataSource = "auto"  # auto | coco | csv: where keyframe labels are read from
+    root: str = ""  # dataset root (Endoscapes2023 or SAGES CVS Challenge 2024), or a `cvsjepa synth` output folder
+    format: DataFormat = "auto"  # auto | endoscapes | sages2024: the dataset's layout; auto = recognised from the files
+    source: DataSource = "auto"  # Endoscapes: auto | coco | csv: where keyframe labels are read from
+    frame_source: FrameSource = "auto"  # SAGES: auto | video | frames: decode clips from the mp4s, or frames/ folders
+    # SAGES: share of the train videos drawn (seeded by `seed`) into the val split (and into test when
+    # the copy has no test split); the run records the draw in splits.json and later commands reuse it
+    val_fraction: float = 0.15
+    splits_file: str = ""  # SAGES: a splits.json (as runs hold) fixing each split's videos; "" = official + draw
     frames: int = 16  # frames per clip, sampled from the 1 fps frames; even for V-JEPA's tubelet of 2
     stride: int = 1  # step between clip frames, counted in 1 fps frames
     target: TargetMode = "hard"  # hard = round(rater mean) (majority of 3); soft = the rater mean itself
@@ -372,6 +380,8 @@ def validate(cfg: RunConfig) -> None:
             raise ConfigError(f"seg.classes must start with 0 (background) and not repeat, got {cfg.seg.classes}")
     if cfg.resume and not cfg.out:
         raise ConfigError("resume=true needs out=<the run directory to continue>")
+    if not 0 <= cfg.data.val_fraction < 1:
+        raise ConfigError(f"data.val_fraction must be in [0, 1), got {cfg.data.val_fraction}")
     if len(cfg.data.criteria) != 3:
         raise ConfigError(f"data.criteria must name the 3 CVS criteria, got {cfg.data.criteria}")
 

@@ -72,14 +72,19 @@ class GlobalBatchSampler(Sampler[list[int]]):
 
     ``weights`` (optional): class-balanced sampling with replacement (torch.multinomial) instead
     of a permutation. ``batch_size`` is the global batch; it must divide by the world size.
+    ``groups`` (optional): ``(group of each sample, groups per block)``, for clips decoded from videos
+    (:func:`cvsjepa.data.video_frames.decode_groups`): the groups are shuffled into blocks and the
+    drawn order is stably sorted by block, so samples stay in random order within a block and each
+    process decodes each video about once per epoch instead of once per clip.
     """
 
-    def __init__(self, n: int, batch_size: int, seed: int, weights: torch.Tensor | None = None):
+    def __init__(self, n: int, batch_size: int, seed: int, weights: torch.Tensor | None = None,
+                 groups: tuple[list[int], int] | None = None):
         rank, size = world()
         if batch_size % size:
             raise ValueError(f"train.batch_size={batch_size} (the global batch) must be a multiple of the "
                              f"{size} processes")
-        self.n, self.batch_size, self.seed, self.weights = n, batch_size, seed, weights
+        self.n, self.batch_size, self.seed, self.weights, self.groups = n, batch_size, seed, weights, groups
         self.rank, self.size, self.epoch = rank, size, 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -88,8 +93,15 @@ class GlobalBatchSampler(Sampler[list[int]]):
     def order(self) -> list[int]:
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
         if self.weights is not None:
-            return torch.multinomial(self.weights.double(), self.n, replacement=True, generator=g).tolist()
-        return torch.randperm(self.n, generator=g).tolist()
+            order = torch.multinomial(self.weights.double(), self.n, replacement=True, generator=g)
+        else:
+            order = torch.randperm(self.n, generator=g)
+        if self.groups is not None:
+            group, per_block = self.groups
+            group = torch.as_tensor(group)
+            block = torch.randperm(int(group.max()) + 1, generator=g) // per_block  # each group's block
+            order = order[torch.sort(block[group[order]], stable=True).indices]
+        return order.tolist()
 
     def __iter__(self):
         order = self.order()

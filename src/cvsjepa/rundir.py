@@ -7,6 +7,8 @@
     sweep.csv                   (sweep) every head's row per epoch, then one final row per head
     summary.json                written last: the run is finished when it exists
     predictions_<split>.csv     one row per keyframe clip of the best checkpoint
+    splits.json                 SAGES: the videos of each split (the drawn val/test included); resume,
+                                evaluate and diagnose reuse it (feature stores hold one too)
     training_curve.png
     checkpoints/best/           model.safetensors + config.json (self-contained; LoRA: adapter/)
     checkpoints/stage1_best/    (exp9) stage 1's best, kept when stage 2 starts
@@ -30,7 +32,7 @@ import json
 import logging
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +58,7 @@ BEST_DIR = f"{CHECKPOINTS_DIR}/best"
 STAGE1_BEST_DIR = f"{CHECKPOINTS_DIR}/stage1_best"
 RESUME_MANIFEST = f"{CHECKPOINTS_DIR}/resume.json"
 DIAGNOSE_DIR = "diagnose"
+SPLITS_FILE = "splits.json"  # the split assignment (data/splits.py), in run directories and feature stores
 RESUME_FORMAT, RESUME_VERSION = "cvsjepa-resume", 2
 _RESUME_RE = re.compile(r"^resume-e(\d{4,})\.pt$")
 
@@ -294,6 +297,27 @@ class RunDir:
         if state.get("epoch") != epoch or state.get("format") != RESUME_FORMAT:
             raise CheckpointError(f"{path} does not hold the resume state of epoch {epoch} that {manifest} names")
         return state
+
+
+def write_split_file(folder: str | Path, splits: dict) -> Path | None:
+    """``folder/splits.json`` (a run directory or a feature store) from the split assignment the
+    indices of ``splits`` ({name: SplitData or SplitIndex}) were built with; nothing for a dataset
+    whose splits are its folders (Endoscapes)."""
+    indices = [getattr(sd, "index", sd) for sd in splits.values()]
+    plan = next((i.plan for i in indices if i.plan), None)
+    if plan is None:
+        return None
+    atomic_write_json(Path(folder) / SPLITS_FILE, plan)
+    return Path(folder) / SPLITS_FILE
+
+
+def with_saved_splits(cfg: RunConfig, folder: str | Path | None) -> RunConfig:
+    """``cfg`` with ``data.splits_file`` = ``folder/splits.json`` when that folder (a run or a feature
+    store) has one and the config names none: a recorded split is reused, never drawn again."""
+    saved = Path(folder) / SPLITS_FILE if folder else None
+    if cfg.data.splits_file or saved is None or not saved.is_file():
+        return cfg
+    return replace(cfg, data=replace(cfg.data, splits_file=str(saved)))
 
 
 def _mkdir(path: Path, parents: bool = False, exist_ok: bool = False) -> bool:

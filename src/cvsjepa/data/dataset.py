@@ -19,8 +19,9 @@ from torch.utils.data import Dataset, default_collate
 from ..config import TargetMode
 from ..errors import DataError
 from .endoscapes import BAD_SAMPLE_POLICIES, Sample
-from .frames import FrameCache, read_frame
+from .frames import read_frame
 from .transforms import preprocess_frames
+from .video_frames import FrameSource, decode_groups
 
 log = logging.getLogger("cvsjepa")
 
@@ -29,7 +30,12 @@ TARGET_MODES = get_args(TargetMode)
 
 def load_preprocessed(path: Path, crop: int) -> torch.Tensor:
     """One JPEG -> float32 ``[3, crop, crop]`` through the one preprocessing path."""
-    return preprocess_frames(read_frame(path).unsqueeze(0), crop)[0]
+    return preprocess_pixels(read_frame(path), crop)
+
+
+def preprocess_pixels(pixels: torch.Tensor, crop: int) -> torch.Tensor:
+    """One decoded frame, uint8 ``[H, W, 3]`` -> float32 ``[3, crop, crop]`` (the one preprocessing path)."""
+    return preprocess_frames(pixels.unsqueeze(0), crop)[0]
 
 
 def sample_fields(s: Sample, target: str) -> dict:
@@ -45,19 +51,28 @@ def sample_fields(s: Sample, target: str) -> dict:
     }
 
 
+def batch_video_ids(values) -> list[int | str]:
+    """A batch's ``video_id`` column as plain values: ints (Endoscapes ids, which collate into a
+    tensor) or names (SAGES, which collate into a list of str)."""
+    if isinstance(values, torch.Tensor):
+        return [int(v) for v in values.tolist()]
+    return [v if isinstance(v, str) else int(v) for v in values]
+
+
 class ClipDataset(Dataset):
     """Keyframe clips with their targets.
 
     Item: ``video`` float32 ``[T, 3, crop, crop]``; ``target`` float32 ``[3]`` (the 0/1 label for
     ``target="hard"``, the rater mean for ``"soft"``); ``label`` and ``rater_mean`` float32 ``[3]``;
-    ``sample_id`` str, ``video_id`` int, ``frame`` int.
+    ``sample_id`` str, ``video_id`` int (Endoscapes) or str (SAGES), ``frame`` int.
     With ``on_bad_sample="skip"`` a clip whose frame cannot be read gives ``None`` (drop it with
     :func:`collate_skip_none`); with ``"error"`` the :class:`DataError` naming the frame propagates.
-    ``cache_frames`` preprocessed frames are kept per process (each DataLoader worker has its own).
+    ``cache_frames`` preprocessed JPEG frames, or ``cache_videos`` whole preprocessed videos (clips
+    decoded from videos, :mod:`.video_frames`), are kept per process (each DataLoader worker has its own).
     """
 
     def __init__(self, samples: list[Sample], crop: int, target: str = "hard", cache_frames: int = 64,
-                 on_bad_sample: str = "error"):
+                 on_bad_sample: str = "error", cache_videos: int = 2):
         if target not in TARGET_MODES:
             raise ValueError(f"target must be one of {TARGET_MODES}, got {target!r}")
         if on_bad_sample not in BAD_SAMPLE_POLICIES:
@@ -67,7 +82,10 @@ class ClipDataset(Dataset):
         self.target = target
         self.on_bad_sample = on_bad_sample
         # A partial of a module-level function pickles for spawned workers, unlike a bound lambda.
-        self.cache = FrameCache(cache_frames, load=functools.partial(load_preprocessed, crop=crop))
+        self.cache = FrameSource(functools.partial(load_preprocessed, crop=crop),
+                                 functools.partial(preprocess_pixels, crop=crop), cache_frames, cache_videos)
+        self.cache.need(r for s in self.samples for r in s.clip_paths)
+        self.decode_groups = decode_groups(self.samples, cache_videos)  # training order that decodes videos once
 
     def __len__(self) -> int:
         return len(self.samples)

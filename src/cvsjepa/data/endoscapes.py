@@ -48,16 +48,18 @@ _THIRDS_TOL = 1e-3
 
 @dataclass(frozen=True)
 class Sample:
-    """One CVS keyframe and the causal clip that ends on it."""
+    """One CVS keyframe and the causal clip that ends on it (Endoscapes, or SAGES: data/sages.py)."""
 
-    sample_id: str  # f"{video_id}_{frame}"
-    video_id: int
-    frame: int  # frame number as in the file name (counts 25 fps source frames)
+    sample_id: str  # f"{video_id}_{frame}", unique within a dataset
+    video_id: int | str  # Endoscapes: the numeric id; SAGES: the video's name. The grouping key everywhere
+    frame: int  # frame number as in the files (counts source frames: 25 fps Endoscapes, 30 fps SAGES)
     split: str
     rater_mean: tuple[float, float, float]  # each exactly 0, 1/3, 2/3 or 1
     label: tuple[int, int, int]  # round(rater_mean): the majority of 3 raters
     clip_frames: tuple[int, ...]  # oldest first; last == frame
-    clip_paths: tuple[Path, ...]  # JPEG of each clip frame
+    clip_paths: tuple  # each clip frame: a JPEG Path, or a data.video_frames.VideoFrame decoded from a video
+    conf_label: tuple[float, float, float] | None = None  # SAGES: 0.5 + (1/3) sum_i (l_i - 0.5) conf_i
+    rater_confidence: tuple[float, float, float] | None = None  # SAGES: each rater's confidence for the video
 
     def target(self, mode: str) -> tuple[float, float, float]:
         """``"hard"`` -> the 0/1 label as floats, ``"soft"`` -> the rater mean."""
@@ -72,8 +74,10 @@ class Sample:
 class SplitIndex:
     split: str
     samples: list[Sample]  # CVS keyframes, sorted by (video_id, frame)
-    video_frames: dict[int, list[int]]  # every 1 fps frame number per video, sorted
+    video_frames: dict[int | str, list[int]]  # every 1 fps frame number per video, sorted
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (what, why) under on_bad_sample="skip"
+    plan: dict | None = None  # SAGES: the whole split assignment (data/splits.py), written into runs as splits.json
+    frame_refs: dict | None = None  # SAGES: (video_id, frame) -> clip frame reference of every 1 fps frame
 
 
 def read_vids_txt(path: str | os.PathLike) -> list[int]:

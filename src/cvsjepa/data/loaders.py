@@ -10,8 +10,10 @@ import torch
 from torch.utils.data import DataLoader
 
 from ..config import RunConfig
+from ..errors import ConfigError
 from .dataset import ClipDataset, collate_skip_none
-from .endoscapes import SplitIndex, load_splits
+from .endoscapes import SplitIndex
+from .index import ENDOSCAPES, load_indices, resolve_format, split_names  # noqa: F401  (split_names: re-export)
 
 log = logging.getLogger("cvsjepa")
 
@@ -28,20 +30,18 @@ class SplitData:
                           collate_fn=collate_skip_none, drop_last=False, persistent_workers=num_workers > 0)
 
 
-def split_names(cfg: RunConfig) -> dict[str, str]:
-    """role (train/val/test) -> split folder name; an empty name means the role is absent."""
-    roles = {"train": cfg.data.train_split, "val": cfg.data.val_split, "test": cfg.data.test_split}
-    return {role: name for role, name in roles.items() if name}
-
-
 def build_splits(cfg: RunConfig, crop: int,
                  roles: tuple[str, ...] = ("train", "val", "test")) -> dict[str, SplitData]:
+    """``{role: SplitData}`` for the config's splits (any format, see :mod:`.index`)."""
     names = {r: n for r, n in split_names(cfg).items() if r in roles}
-    indices = load_splits(cfg.data.root, list(names.values()), frames=cfg.data.frames, stride=cfg.data.stride,
-                          source=cfg.data.source, on_bad_sample=cfg.data.on_bad_sample,
-                          limit=cfg.data.limit_per_split)
+    fmt = resolve_format(cfg)
+    if cfg.seg.enabled and fmt != ENDOSCAPES:
+        raise ConfigError(f"seg.enabled trains on Endoscapes segmentation masks; the {fmt} data has none: "
+                          f"set seg.enabled=false")
+    indices = load_indices(cfg, list(names.values()))
     frame_bytes = 3 * crop * crop * 4  # one preprocessed float32 frame
-    cache_frames = max(64, cfg.data.frame_cache_mb * 2**20 // frame_bytes // max(1, len(names)))
+    budget = cfg.data.frame_cache_mb * 2**20 // max(1, len(names))
+    cache_frames = max(64, budget // frame_bytes)
     out = {}
     coco = None  # COCO instance masks, read once for all splits when a run may need them
     if cfg.seg.enabled and cfg.seg.masks != "semseg":
@@ -52,9 +52,11 @@ def build_splits(cfg: RunConfig, crop: int,
         index = indices[name]
         if index.skipped:
             log.warning("%s: skipped %d keyframe(s) with bad input (on_bad_sample=skip)", name, len(index.skipped))
-        # Preprocessed frames are cached: overlapping clips (and later epochs) reuse them.
+        # Preprocessed frames are cached: overlapping clips (and later epochs) reuse them. Clips decoded
+        # from videos keep whole videos instead: as many as the same memory holds (at least 2).
+        longest = max((len(f) for f in index.video_frames.values()), default=1)
         kwargs = dict(crop=crop, target=cfg.data.target, cache_frames=cache_frames,
-                      on_bad_sample=cfg.data.on_bad_sample)
+                      cache_videos=max(2, budget // (frame_bytes * longest)), on_bad_sample=cfg.data.on_bad_sample)
         if cfg.seg.enabled:  # the keyframe's mask rides along, aligned with the preprocessed clip
             from .seg_dataset import SegClipDataset
 

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from ..data.dataset import batch_video_ids
 from ..data.transforms import denormalise
 from ..plots import pyplot, save_figure
 from ..evaluate.inference import move_batch
@@ -81,7 +82,7 @@ class AttentionTable:
     def add(self, batch: dict, probs: torch.Tensor, attn: torch.Tensor) -> None:
         a = mean_map(attn)
         self.sample_ids += list(batch["sample_id"])
-        self.video_ids += [int(v) for v in batch["video_id"]]
+        self.video_ids += batch_video_ids(batch["video_id"])
         self.labels += batch["label"].round().int().tolist()
         self.probs += probs.tolist()
         self.std += a.std(dim=1, unbiased=False).tolist()

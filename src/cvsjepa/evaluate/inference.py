@@ -13,14 +13,14 @@ from tqdm.auto import tqdm
 from ..criteria import CRITERIA
 
 from .. import distributed
-from ..data.dataset import collate_skip_none
+from ..data.dataset import batch_video_ids, collate_skip_none
 from .metrics import APResult, cvs_average_precision
 
 
 @dataclass
 class Predictions:
     sample_ids: list[str]
-    video_ids: list[int]
+    video_ids: list[int | str]  # Endoscapes ids or SAGES video names
     frames: list[int]
     labels: torch.Tensor  # [N, 3] float 0/1
     rater_means: torch.Tensor  # [N, 3]
@@ -61,7 +61,7 @@ def predict_many(logits_of: Callable[[dict], list[torch.Tensor]], k: int, loader
         labels.append(batch["label"].cpu())
         means.append(batch["rater_mean"].cpu())
         ids += list(batch["sample_id"])
-        vids += [int(v) for v in batch["video_id"]]
+        vids += batch_video_ids(batch["video_id"])
         frames += [int(f) for f in batch["frame"]]
     return [Predictions(ids, vids, frames, _cat(labels), _cat(means), _cat(probs[j]),
                         loss_sum[j] / n if (n and loss_fn is not None) else float("nan")) for j in range(k)]

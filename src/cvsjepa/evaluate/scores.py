@@ -80,7 +80,7 @@ def point_metrics(probs: torch.Tensor, labels: torch.Tensor, thresholds: list[fl
     return out
 
 
-def per_video_ap(probs: torch.Tensor, labels: torch.Tensor, video_ids: list[int],
+def per_video_ap(probs: torch.Tensor, labels: torch.Tensor, video_ids: list[int | str],
                  names: tuple[str, ...] = CRITERIA) -> list[dict]:
     """AP per criterion and mAP computed within each video (NaN where the video has no positive)."""
     vids = np.asarray(video_ids)
@@ -90,7 +90,7 @@ def per_video_ap(probs: torch.Tensor, labels: torch.Tensor, video_ids: list[int]
         for v in sorted(set(vids.tolist())):
             idx = torch.from_numpy(np.flatnonzero(vids == v))
             r = cvs_average_precision(probs[idx], labels[idx], names)
-            rows.append({"video_id": int(v), "n": len(idx), "ap": list(r.ap), "map": r.map})
+            rows.append({"video_id": v, "n": len(idx), "ap": list(r.ap), "map": r.map})
     return rows
 
 

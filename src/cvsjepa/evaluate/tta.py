@@ -31,10 +31,11 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from ..data.dataset import collate_skip_none
+from ..data.dataset import batch_video_ids, collate_skip_none
 from ..data.endoscapes import Sample, SplitIndex, causal_clip
-from ..data.frames import FrameCache, read_frame
+from ..data.frames import read_frame
 from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD, crop_box
+from ..data.video_frames import FrameSource, VideoFrame
 from ..errors import ConfigError, DataError
 from .inference import Predictions, move_batch
 
@@ -87,7 +88,11 @@ def view_window(height: int, width: int, crop: int, direction: tuple[int, int], 
 
 def resize_frame(path: Path, crop: int) -> torch.Tensor:
     """One JPEG -> float32 ``[3, new_h, new_w]`` in [0, 255], resized exactly as ``preprocess_frames`` does."""
-    frame = read_frame(path)  # uint8 [H, W, 3]
+    return resize_pixels(read_frame(path), crop)
+
+
+def resize_pixels(frame: torch.Tensor, crop: int) -> torch.Tensor:
+    """uint8 ``[H, W, 3]`` -> float32 ``[3, new_h, new_w]`` in [0, 255] (``resize_frame`` of decoded pixels)."""
     h, w, _ = frame.shape
     new_h, new_w, *_ = crop_box(h, w, crop)
     x = frame.permute(2, 0, 1).unsqueeze(0).float()
@@ -105,16 +110,24 @@ def crop_and_normalise(resized: torch.Tensor, top: int, left: int, crop: int) ->
 
 
 def shifted_clip_paths(sample: Sample, index: SplitIndex, offset: int, stride: int,
-                       known: dict[tuple[int, int], Path]) -> tuple[Path, ...]:
-    """Frame paths of the causal clip ending ``offset`` seconds before the keyframe."""
+                       known: dict[tuple, object]) -> tuple:
+    """Frame references of the causal clip ending ``offset`` seconds before the keyframe: from
+    ``known`` ((video, frame) -> reference), else an Endoscapes ``{video}_{frame}.jpg`` next to the
+    keyframe's own JPEG."""
     if offset == 0:
         return sample.clip_paths
     frames = index.video_frames[sample.video_id]
     p = frames.index(sample.frame)
     end = frames[max(p - offset, 0)]
     clip = causal_clip(frames, end, len(sample.clip_frames), stride)
-    folder = sample.clip_paths[-1].parent
-    return tuple(known.get((sample.video_id, f), folder / f"{sample.video_id}_{f}.jpg") for f in clip)
+    last = sample.clip_paths[-1]
+    out = []
+    for f in clip:
+        ref = known.get((sample.video_id, f))
+        if ref is None and isinstance(last, VideoFrame):
+            raise DataError(f"no 1 fps frame {f} of video {sample.video_id} for a TTA offset of {offset} s")
+        out.append(ref if ref is not None else last.parent / f"{sample.video_id}_{f}.jpg")
+    return tuple(out)
 
 
 class TTAClipDataset(Dataset):
@@ -125,8 +138,11 @@ class TTAClipDataset(Dataset):
                  cache_frames: int = 256, on_bad_sample: str = "error"):
         self.index, self.samples, self.crop, self.stride, self.tta = index, list(index.samples), crop, stride, tta
         self.target, self.on_bad_sample = target, on_bad_sample
-        self.cache = FrameCache(cache_frames, load=functools.partial(resize_frame, crop=crop))
-        self.known = {(s.video_id, f): p for s in self.samples for f, p in zip(s.clip_frames, s.clip_paths)}
+        self.cache = FrameSource(functools.partial(resize_frame, crop=crop),
+                                 functools.partial(resize_pixels, crop=crop), cache_frames)
+        self.known = dict(index.frame_refs or {})
+        self.known.update({(s.video_id, f): p for s in self.samples for f, p in zip(s.clip_frames, s.clip_paths)})
+        self.cache.need(self.known.values())
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -181,7 +197,7 @@ def predict_tta(model, index: SplitIndex, crop: int, stride: int, tta: TTASettin
         labels.append(batch["label"].cpu())
         means.append(batch["rater_mean"].cpu())
         ids += list(batch["sample_id"])
-        vids += [int(x) for x in batch["video_id"]]
+        vids += batch_video_ids(batch["video_id"])
         frames += [int(f) for f in batch["frame"]]
     cat = (lambda xs: torch.cat(xs) if xs else torch.zeros(0, 3))
     return Predictions(ids, vids, frames, cat(labels), cat(means), cat(probs), math.nan)

@@ -17,8 +17,10 @@ from torch.utils.data import Dataset
 
 from ..config import RunConfig
 from ..data.dataset import TARGET_MODES, sample_fields
-from ..data.endoscapes import Sample, load_splits
-from ..data.loaders import SplitData, split_names
+from ..data.endoscapes import Sample
+from ..data.index import load_indices, split_names
+from ..data.loaders import SplitData
+from ..rundir import with_saved_splits
 from ..errors import ConfigError
 from .store import FeatureStore, FeatureStoreError, StoreReader, check_key, clip_hash, config_key, store_key
 
@@ -30,7 +32,7 @@ class StoreDataset(Dataset):
 
     Item: ``tokens`` ``[N, D]`` in the stored dtype (float16 by default; ``[views, N, D]`` with
     ``view=None``); ``target``, ``label``, ``rater_mean`` float32 ``[3]``; ``sample_id`` str,
-    ``video_id`` int, ``frame`` int: the keys of :class:`cvsjepa.data.dataset.ClipDataset` with
+    ``video_id`` int or str, ``frame`` int: the keys of :class:`cvsjepa.data.dataset.ClipDataset` with
     ``tokens`` in place of ``video``. A clip that failed to load at extraction
     (``data.on_bad_sample=skip``) gives ``None``, dropped by ``collate_skip_none``.
     """
@@ -108,9 +110,9 @@ def open_store_splits(cfg: RunConfig, roles: tuple[str, ...] = ("train", "val", 
         store.verify(list(dict.fromkeys(names.values())), progress=progress)
     if not cfg.data.root:
         raise ConfigError("data.root is not set: the labels are read from the dataset (data.root=/path/to/endoscapes)")
-    indices = load_splits(cfg.data.root, list(names.values()), frames=cfg.data.frames, stride=cfg.data.stride,
-                          source=cfg.data.source, on_bad_sample=cfg.data.on_bad_sample, check_frames=False,
-                          limit=cfg.data.limit_per_split)
+    # SAGES: the store's recorded split assignment, unless the config names one (a val draw with another
+    # seed would move clips between the store's splits)
+    indices = load_indices(with_saved_splits(cfg, store.root), list(names.values()), check_frames=False)
     out = {}
     for role, name in names.items():
         index = indices[name]

@@ -5,7 +5,8 @@
     for each shard still to do:
         for each chunk of features.batch_size clips:
             frames: JPEG -> decode -> the views' crops (features/views.py), cached per frame path, so
-                    overlapping clips (16-s windows every 5 s) decode each JPEG once
+                    overlapping clips (16-s windows every 5 s) decode each JPEG once; clips of a video
+                    file (SAGES) decode that video's 1 fps frames once (data/video_frames.py)
             backbone.extract([clips * views, T, 3, crop, crop]) -> tokens; optional 2x2 spatial pooling
         write the shard atomically with its checksum, then list it in the manifest
 
@@ -15,6 +16,7 @@ command again continues from the first shard the manifest does not list.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import time
@@ -30,10 +32,11 @@ from tqdm.auto import tqdm
 from .. import distributed
 from ..backbones import build_backbone
 from ..config import RunConfig
-from ..data.endoscapes import Sample, load_splits
-from ..data.frames import FrameCache, read_frame
-from ..data.loaders import split_names
+from ..data.endoscapes import Sample
+from ..data.index import load_indices, split_names
+from ..data.video_frames import FrameSource, VideoFrame, read_pixels
 from ..errors import ConfigError, DataError
+from ..rundir import with_saved_splits, write_split_file
 from ..runtime import configure_threads, resolve_device
 from .store import DTYPES, FeatureStore, clip_hash, store_key
 from .writer import RankShardWriter, StoreWriter
@@ -44,7 +47,7 @@ log = logging.getLogger("cvsjepa")
 
 @dataclass
 class ExtractStats:
-    """Where this run's extraction time went (seconds) and how often each JPEG was decoded."""
+    """Where this run's extraction time went (seconds) and how often each JPEG (or video) was decoded."""
 
     clips: int = 0  # clips extracted by this run
     clips_before: int = 0  # clips already in the store when it started (resume)
@@ -57,6 +60,9 @@ class ExtractStats:
     frames_decoded: int = 0
     distinct_frames: int = 0  # distinct JPEGs the extracted clips use
     frame_refs: int = 0  # clip frames counted with repeats (what decoding per clip would cost)
+    videos_decoded: int = 0  # whole-video decodes (clips read from video files)
+    distinct_videos: int = 0  # video files the extracted clips use
+    video_frames: int = 0  # of distinct_frames, those read from video files
     bytes_written: int = 0
 
     @property
@@ -65,10 +71,16 @@ class ExtractStats:
 
     @property
     def decodes_per_jpeg(self) -> float:
-        return self.frames_decoded / self.distinct_frames if self.distinct_frames else math.nan
+        jpegs = self.distinct_frames - self.video_frames
+        return self.frames_decoded / jpegs if jpegs > 0 else math.nan
+
+    @property
+    def decodes_per_video(self) -> float:
+        return self.videos_decoded / self.distinct_videos if self.distinct_videos else math.nan
 
     def as_dict(self) -> dict:
-        return {**asdict(self), "clips_per_s": self.clips_per_s, "decodes_per_jpeg": self.decodes_per_jpeg}
+        return {**asdict(self), "clips_per_s": self.clips_per_s, "decodes_per_jpeg": self.decodes_per_jpeg,
+                "decodes_per_video": self.decodes_per_video}
 
 
 @dataclass
@@ -117,29 +129,36 @@ def pool_tokens(tokens: torch.Tensor, grid: tuple[int, int, int], pool: str) -> 
 class ClipViewChunks(Dataset):
     """Item ``i``: the chunk ``chunks[i]`` of consecutive clips as ``video [B, views, T, 3, crop, crop]``,
     an ``ok`` mask (False: a frame failed under on_bad_sample=skip; its video is zeros), and the
-    decode / preprocess seconds and decode count it cost in this process. Preprocessed frames are
-    cached by path, so consecutive chunks in one process decode each JPEG once."""
+    decode / preprocess seconds and decode counts it cost in this process. Preprocessed frames are
+    cached by path, so consecutive chunks in one process decode each JPEG once; clips of video files
+    come from whole decoded videos (``cache_videos`` kept), so each video is decoded once."""
 
-    def __init__(self, chunks: list[list[Sample]], crop: int, views: int, cache_frames: int, on_bad_sample: str):
+    def __init__(self, chunks: list[list[Sample]], crop: int, views: int, cache_frames: int, on_bad_sample: str,
+                 cache_videos: int = 2):
         self.chunks, self.crop, self.views, self.on_bad_sample = chunks, crop, views, on_bad_sample
-        self.cache = FrameCache(cache_frames, load=self._load_frame)
-        self._t = {"decode_s": 0.0, "preprocess_s": 0.0}
+        self.cache = FrameSource(functools.partial(read_pixels, transform=self._views), self._views,
+                                 cache_frames, cache_videos)
+        self.cache.need(r for c in chunks for s in c for r in s.clip_paths)
+        self._preprocess_s = 0.0
 
     def __len__(self) -> int:
         return len(self.chunks)
 
-    def _load_frame(self, path: Path) -> torch.Tensor:
+    def _views(self, pixels: torch.Tensor) -> torch.Tensor:
+        """uint8 ``[H, W, 3]`` -> the views' crops ``[V, 3, crop, crop]``."""
         t0 = time.perf_counter()
-        pixels = read_frame(path)
-        t1 = time.perf_counter()
-        views = preprocess_views(pixels.unsqueeze(0), self.crop, self.views)[:, 0]  # [V, 3, crop, crop]
-        self._t["decode_s"] += t1 - t0
-        self._t["preprocess_s"] += time.perf_counter() - t1
+        views = preprocess_views(pixels.unsqueeze(0), self.crop, self.views)[:, 0]
+        self._preprocess_s += time.perf_counter() - t0
         return views
 
+    def _spent(self) -> dict:
+        """Cumulative preprocessing seconds and decode counts (JPEGs, whole videos) of this process."""
+        return {"preprocess_s": self._preprocess_s, "decodes": self.cache.frames.misses,
+                "video_decodes": sum(self.cache.videos.decodes.values())}
 
     def __getitem__(self, i: int) -> dict:
-        before = dict(self._t, misses=self.cache.misses)
+        before = self._spent()
+        t0 = time.perf_counter()
         clips, ok = [], []
         for s in self.chunks[i]:
             try:
@@ -155,10 +174,13 @@ class ClipViewChunks(Dataset):
         shape = next((c.shape for c in clips if c is not None), (self.views, len(self.chunks[i][0].clip_paths), 3,
                                                                   self.crop, self.crop))
         video = torch.stack([c if c is not None else torch.zeros(shape) for c in clips])
+        after = self._spent()
+        preprocess = after["preprocess_s"] - before["preprocess_s"]
         return {"video": video, "ok": torch.tensor(ok),
-                "decode_s": self._t["decode_s"] - before["decode_s"],
-                "preprocess_s": self._t["preprocess_s"] - before["preprocess_s"],
-                "decodes": self.cache.misses - before["misses"]}
+                # everything but preprocessing and stacking is reading and decoding (JPEG or video)
+                "decode_s": max(0.0, time.perf_counter() - t0 - preprocess), "preprocess_s": preprocess,
+                "decodes": after["decodes"] - before["decodes"],
+                "video_decodes": after["video_decodes"] - before["video_decodes"]}
 
 
 def _to_numpy(tokens: torch.Tensor) -> np.ndarray:
@@ -192,9 +214,7 @@ def _extract(cfg: RunConfig, device, progress: bool, t_start: float) -> "Extract
     names = list(dict.fromkeys(cfg.features.splits or split_names(cfg).values()))
     if not names:
         raise ConfigError("no split to extract: set features.splits=[train,val,...] or data.*_split")
-    indices = load_splits(cfg.data.root, names, frames=cfg.data.frames, stride=cfg.data.stride,
-                          source=cfg.data.source, on_bad_sample=cfg.data.on_bad_sample,
-                          limit=cfg.data.limit_per_split)
+    indices = load_indices(with_saved_splits(cfg, Path(cfg.features.store)), names)
     key = store_key(cfg, backbone)
     stats = ExtractStats()
     rank, world = distributed.world()
@@ -206,6 +226,7 @@ def _extract(cfg: RunConfig, device, progress: bool, t_start: float) -> "Extract
         stats.wall_s = time.perf_counter() - t_start
         return ExtractResult(Path(cfg.features.store), stats, total, writer.layout or {})
     with StoreWriter(cfg.features.store, key, backbone.describe(), cfg.features.shard_clips) as writer:
+        write_split_file(writer.root, indices)  # SAGES: the draw the store's splits hold, for train/sweep to reuse
         work: list[tuple[str, int]] = []
         total = 0
         for name in names:
@@ -240,9 +261,11 @@ def _extract(cfg: RunConfig, device, progress: bool, t_start: float) -> "Extract
         layout = writer.manifest["layout"]
     stats.wall_s = time.perf_counter() - t_start
     if stats.clips:
+        per = (f"{stats.decodes_per_video:.2f} decodes per video" if stats.distinct_videos else
+               f"{stats.decodes_per_jpeg:.2f} decodes per JPEG")
         log.info("extracted %d clips in %.1f s (%.2f clips/s): decode %.1f s, preprocess %.1f s, forward %.1f s, "
-                 "write %.1f s; %.2f decodes per JPEG; %s per clip", stats.clips, stats.wall_s, stats.clips_per_s,
-                 stats.decode_s, stats.preprocess_s, stats.forward_s, stats.write_s, stats.decodes_per_jpeg,
+                 "write %.1f s; %s; %s per clip", stats.clips, stats.wall_s, stats.clips_per_s,
+                 stats.decode_s, stats.preprocess_s, stats.forward_s, stats.write_s, per,
                  _human(layout.get("bytes_per_clip", 0)))
     return ExtractResult(Path(cfg.features.store), stats, total, layout)
 
@@ -259,10 +282,14 @@ def _run(cfg, backbone, device, writer: StoreWriter, indices, work, total, stats
             part = range(start, min(start + bs, rows.stop))
             specs.append((name, k, part))
             chunks.append([indices[name].samples[r] for r in part])
-    stats.distinct_frames = len({p for c in chunks for s in c for p in s.clip_paths})
+    refs = {p for c in chunks for s in c for p in s.clip_paths}
+    stats.distinct_frames = len(refs)
+    stats.video_frames = sum(isinstance(p, VideoFrame) for p in refs)
+    stats.distinct_videos = len({p.video for p in refs if isinstance(p, VideoFrame)})
     stats.frame_refs = sum(len(s.clip_paths) for c in chunks for s in c)
     cache = 2 * frames * cfg.data.stride  # > one clip's span: consecutive clips reuse their shared frames
-    dataset = ClipViewChunks(chunks, backbone.crop_size, views, cache, cfg.data.on_bad_sample)
+    # clips come in (video, frame) order, so 2 decoded videos cover a chunk that straddles two
+    dataset = ClipViewChunks(chunks, backbone.crop_size, views, cache, cfg.data.on_bad_sample, cache_videos=2)
     loader = DataLoader(dataset, batch_size=None, shuffle=False, num_workers=cfg.data.num_workers,
                         pin_memory=device.type == "cuda", persistent_workers=False)
     bar = tqdm(total=total, initial=stats.clips_before, unit="clip", desc="extract", disable=not progress,
@@ -273,6 +300,7 @@ def _run(cfg, backbone, device, writer: StoreWriter, indices, work, total, stats
             stats.decode_s += item["decode_s"]
             stats.preprocess_s += item["preprocess_s"]
             stats.frames_decoded += int(item["decodes"])
+            stats.videos_decoded += int(item["video_decodes"])
             t0 = time.perf_counter()
             video = item["video"]  # [B, V, T, 3, crop, crop]
             b = video.shape[0]

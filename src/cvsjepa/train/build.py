@@ -20,7 +20,7 @@ from ..data.dataset import collate_skip_none
 from ..errors import ConfigError
 from ..heads import build_head
 from ..model import CVSClassifier, build_seg_head, count_params
-from ..rundir import LOG_FILE, RunDir
+from ..rundir import LOG_FILE, RunDir, with_saved_splits, write_split_file
 from ..runtime import configure_threads, resolve_device, seed_everything
 from .sampling import balanced_weights
 from .schedule import warmup_cosine
@@ -118,6 +118,8 @@ def make_scheduler(optimizer: torch.optim.Optimizer, steps_per_epoch: int, plan:
 def load_data(cfg: RunConfig, crop: int, roles=("train", "val", "test"), backbone=None, progress: bool = False) -> dict:
     """JPEG clips, or stored tokens when ``features.store`` is set (same batch keys but ``tokens``).
     ``backbone``: the one already built, so the store's key is checked against it without a rebuild."""
+    if cfg.resume:  # a resumed run reads its recorded split assignment (SAGES), never a fresh draw
+        cfg = with_saved_splits(cfg, cfg.out)
     if cfg.features.store:
         from ..features.dataset import open_store_splits
 
@@ -135,8 +137,10 @@ def train_loader(cfg: RunConfig, split, plan: StagePlan) -> tuple[DataLoader, di
     """The training batches of a stage, a pure function of (seed, stage, epoch) on any number of
     processes; returns the loader, its sampler (``set_epoch`` each epoch) and optimizer steps per epoch."""
     weights = balanced_weights(split_labels(split)) if cfg.train.sampler == "balanced" else None
+    # clips decoded from videos (SAGES) are shuffled within blocks of videos: each decoded once per epoch
     sampler = distributed.GlobalBatchSampler(len(split.dataset), plan.batch_size,
-                                             cfg.seed + 1000 * (plan.stage - 1), weights)
+                                             cfg.seed + 1000 * (plan.stage - 1), weights,
+                                             getattr(split.dataset, "decode_groups", None))
     loader = DataLoader(split.dataset, batch_sampler=sampler, num_workers=cfg.data.num_workers,
                         collate_fn=collate_skip_none)
     return loader, sampler, math.ceil(len(loader) / plan.grad_accum)
@@ -153,9 +157,10 @@ def prepare(cfg: RunConfig, processes: bool = True) -> torch.device:
     return (distributed.setup() if processes else None) or resolve_device(cfg.train.device)
 
 
-def open_run(cfg: RunConfig) -> tuple[RunDir, dict | None]:
-    """A new run directory claimed by rank 0 (and named to every rank), or with ``resume=true`` the
-    existing one in ``out`` after checking its config, with its last complete resume state."""
+def open_run(cfg: RunConfig, splits: dict) -> tuple[RunDir, dict | None]:
+    """A new run directory claimed by rank 0 (and named to every rank), recording the split
+    assignment of ``splits`` (SAGES), or with ``resume=true`` the existing one in ``out`` after
+    checking its config, with its last complete resume state."""
     if cfg.resume:
         run = RunDir.open(cfg.out)
         if run.is_finished():
@@ -163,6 +168,8 @@ def open_run(cfg: RunConfig) -> tuple[RunDir, dict | None]:
         run.check_resumable(cfg)
         return run, run.load_resume()
     run = RunDir.create(cfg) if distributed.is_main() else None
+    if run is not None:
+        write_split_file(run.path, splits)
     return RunDir(distributed.gather_objects(str(run.path) if run else None)[0]), None  # rank 0 named it
 
 

@@ -138,7 +138,7 @@ def train(cfg: RunConfig, progress: bool = True) -> RunResult:
     splits = load_data(cfg, model.backbone.crop_size, backbone=model.backbone)
     if "train" not in splits or "val" not in splits:
         raise ConfigError("training needs data.train_split and data.val_split")
-    run, resume = open_run(cfg)
+    run, resume = open_run(cfg, splits)
     if run.is_finished():
         log.info("%s already finished; nothing to resume", run)
         return RunResult(run, run.read_summary())

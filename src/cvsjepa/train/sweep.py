@@ -157,7 +157,7 @@ def sweep(cfg: RunConfig, progress: bool = True) -> RunResult:
     if "train" not in splits or "val" not in splits:
         raise ConfigError("a sweep needs data.train_split and data.val_split")
     layout = splits["train"].dataset.reader.layout
-    run, resume = open_run(cfg)
+    run, resume = open_run(cfg, splits)
     if run.is_finished():
         log.info("%s already finished; nothing to resume", run)
         return RunResult(run, run.read_summary())
