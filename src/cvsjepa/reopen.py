@@ -14,7 +14,7 @@ import torch
 
 from .checkpoint import META_FILE, load_classifier, read_checkpoint_meta
 from .config import RunConfig, from_dict
-from .rundir import RunDir
+from .rundir import RunDir, with_saved_splits
 from .runtime import configure_threads, resolve_device
 
 
@@ -32,10 +32,12 @@ class Reopen:
         return self.batch_size or cfg.train.batch_size
 
 
-def _relocate(cfg: RunConfig, reopen: Reopen) -> RunConfig:
+def _relocate(cfg: RunConfig, reopen: Reopen, run_dir: str | Path) -> RunConfig:
+    """``data.root`` moved per ``reopen``; the run's recorded split assignment (SAGES ``splits.json``)
+    as ``data.splits_file``, so a drawn split is reused, never drawn again."""
     if reopen.data_root:
         cfg = replace(cfg, data=replace(cfg.data, root=str(reopen.data_root)))
-    return cfg
+    return with_saved_splits(cfg, run_dir)
 
 
 def run_config(run_dir: str | Path, reopen: Reopen = Reopen()) -> tuple[RunConfig, dict]:
@@ -43,7 +45,7 @@ def run_config(run_dir: str | Path, reopen: Reopen = Reopen()) -> tuple[RunConfi
     checkpoint's metadata; a clear error when ``run_dir`` has no best checkpoint."""
     ckpt = RunDir.open(run_dir).require_best()
     meta = read_checkpoint_meta(ckpt)
-    return _relocate(from_dict(meta["config"], where=str(ckpt / META_FILE)), reopen), meta
+    return _relocate(from_dict(meta["config"], where=str(ckpt / META_FILE)), reopen, run_dir), meta
 
 
 def load_run(run_dir: str | Path, reopen: Reopen = Reopen(), device: torch.device | None = None):
@@ -51,4 +53,4 @@ def load_run(run_dir: str | Path, reopen: Reopen = Reopen(), device: torch.devic
     ckpt = RunDir.open(run_dir).require_best()
     configure_threads()
     model, cfg, meta = load_classifier(ckpt, device or reopen.torch_device())
-    return model, _relocate(cfg, reopen), meta
+    return model, _relocate(cfg, reopen, run_dir), meta

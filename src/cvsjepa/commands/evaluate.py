@@ -18,8 +18,12 @@ def add_parser(sub) -> None:
                     "chosen split, and write into RUN: eval_<split>.json (per-criterion AP, mAP, full-CVS AP, "
                     "balanced accuracy and F1 at thresholds chosen on VAL, Brier, ECE, 95% CIs by bootstrap over "
                     "videos, figure data), thresholds.json, predictions_<split>.csv, pr_curves_<split>.png and "
-                    "reliability_<split>.png. With --tta or --ensemble the file names get a suffix (e.g. "
-                    "eval_test_tta3x2.json) so the plain results are never overwritten.")
+                    "reliability_<split>.png. On a SAGES CVS Challenge 2024 dataset the JSON also holds the "
+                    "challenge's tasks under 'challenge' (A: macro mAP; B: Brier against the confidence-aware and "
+                    "the majority labels; C: the minimum mAP over seeded resamples that over-represent hard "
+                    "frames), printed after the table; a run's splits.json is reused, never redrawn. With --tta "
+                    "or --ensemble the file names get a suffix (e.g. eval_test_tta3x2.json) so the plain results "
+                    "are never overwritten.")
     e.add_argument("run", metavar="RUN", help="run directory written by `cvsjepa train`")
     e.add_argument("--split", choices=("val", "test"), default="test",
                    help="split to score (default: test). Thresholds always come from val.")
@@ -79,4 +83,22 @@ def summary_table(r: dict) -> str:
         band = "" if lo is None or (isinstance(lo, float) and math.isnan(lo)) else f"[{lo:.3f}, {hi:.3f}]"
         v = m[k]
         lines.append(f"{k:<28}{'n/a' if v is None or v != v else f'{v:.3f}':>8}   {band}")
+    if r.get("challenge"):
+        lines += challenge_lines(r["challenge"])
     return "\n".join(lines)
+
+
+def challenge_lines(c: dict) -> list[str]:
+    """The SAGES challenge's three tasks (docs/evaluation.md), after the usual table."""
+    def f(v) -> str:
+        return "n/a" if v is None or v != v else f"{v:.3f}"
+
+    a, b, t = c["task_a"], c["task_b"], c["task_c"]
+    return [f"SAGES CVS Challenge 2024 ({c['n_frames']} annotated frames, {c['n_videos']} videos):",
+            f"  task A  mAP (sklearn macro)                {f(a['map']):>8}",
+            f"  task B  Brier vs confidence-aware [q > 0]  {f(b['brier_official']['mean']):>8}   "
+            "(official code, as written)",
+            f"          Brier vs majority label            {f(b['brier_majority']['mean']):>8}",
+            f"          Brier vs q itself                  {f(b['brier_soft']['mean']):>8}",
+            f"  task C  robustness: min mAP of resamples   {f(t['robustness_map']):>8}   (worst stratum: "
+            f"{t['worst_stratum']})"]

@@ -24,6 +24,7 @@ import torch
 
 from ..version import __version__
 from ..config import RunConfig
+from ..data.endoscapes import Sample
 from ..data.loaders import SplitData, build_splits
 from ..errors import ConfigError
 from ..io import atomic_write_json
@@ -31,6 +32,7 @@ from ..reopen import Reopen, load_run, run_config
 from ..rundir import BEST_DIR, RunDir, eval_file, pr_curves_file, reliability_file, thresholds_file
 from .bootstrap import bootstrap_ci
 from .calibration import ECE_BINS, reliability_bins
+from .challenge import challenge_metrics
 from .figures import plot_pr_curves, plot_reliability, pr_curve
 from .inference import Predictions, predict_loader
 from .metrics import prevalence
@@ -96,8 +98,9 @@ def check_same_samples(reference: list[str], other: list[str], ref_run: Path, ru
 
 
 def predict_members(runs: list[Path], roles: tuple[str, ...], tta: TTASettings, reopen: Reopen,
-                    device: torch.device) -> dict[str, Predictions]:
-    """Per role, the mean probability over the members (one member = no ensemble)."""
+                    device: torch.device) -> tuple[dict[str, Predictions], dict[str, dict[str, Sample]]]:
+    """Per role, the mean probability over the members (one member = no ensemble), and the first
+    member's samples by id (the labels beyond the batch keys: SAGES confidence-aware labels)."""
     # Index every member first (cheap, no model): refuse a mismatch before any forward pass.
     ids: dict[str, list[str]] = {}
     for run in runs if len(runs) > 1 else ():
@@ -107,9 +110,12 @@ def predict_members(runs: list[Path], roles: tuple[str, ...], tta: TTASettings, 
             sids = [s.sample_id for s in sd.index.samples]
             check_same_samples(ids.setdefault(role, sids), sids, runs[0], run, role)
     summed: dict[str, Predictions] = {}
+    samples: dict[str, dict[str, Sample]] = {}
     for i, run in enumerate(runs):
         model, cfg, _ = load_run(run, reopen, device)
         splits = build_splits(cfg, model.backbone.crop_size, roles=roles)
+        if not samples:
+            samples = {role: {s.sample_id: s for s in splits[role].index.samples} for role in roles}
         for role in roles:
             tag = f"{role}" + (f" [{i + 1}/{len(runs)}]" if len(runs) > 1 else "")
             p = predict_split(model, cfg, splits[role], tta, device, reopen.batch(cfg), tag, reopen.progress)
@@ -121,7 +127,7 @@ def predict_members(runs: list[Path], roles: tuple[str, ...], tta: TTASettings, 
         del model
     for p in summed.values():
         p.probs = p.probs / len(runs)
-    return summed
+    return summed, samples
 
 
 def undefined_on_val(val: Predictions, names: tuple[str, ...]) -> list[str]:
@@ -161,7 +167,7 @@ def evaluate_run(run_dir: str | Path, options: EvalOptions = EvalOptions(), reop
     dev = reopen.torch_device()
     roles = ("val",) if split == "val" else ("val", split)
 
-    preds = predict_members(runs, roles, tta, reopen, dev)
+    preds, samples = predict_members(runs, roles, tta, reopen, dev)
     val, ev = preds["val"], preds[split]
     if len(ev.sample_ids) == 0:
         raise ConfigError(f"the {split} split has no keyframe to evaluate")
@@ -169,6 +175,7 @@ def evaluate_run(run_dir: str | Path, options: EvalOptions = EvalOptions(), reop
     log.info("thresholds chosen on val (%d keyframes): %s", len(val.sample_ids),
              ", ".join(f"{n} {t:.3f}" for n, t in zip(names, thresholds)))
     report = build_report(ev, val, thresholds, names, o.per_video, bootstrap, o.seed, progress)
+    report["challenge"] = challenge_report(ev, samples[split], names, o.seed)
     report = {
         "run": str(run), "split": split, "split_name": role_split(cfg, split),
         "checkpoint": {"path": str(run / BEST_DIR), "epoch": meta.get("epoch"),
@@ -230,6 +237,18 @@ def build_report(ev: Predictions, val: Predictions, thresholds: list[float], nam
         "per_video": ({**per_video_summary(pv_rows, names), "videos": pv_rows} if pv_rows is not None else None),
         "figures": {"pr_curves": curves, "reliability": {n: b.as_dict() for n, b in bins.items()}},
     }
+
+
+def challenge_report(ev: Predictions, samples: dict[str, Sample], names: tuple[str, ...], seed: int) -> dict | None:
+    """The SAGES challenge's tasks A-C (:mod:`.challenge`) when the samples carry confidence-aware
+    labels (a SAGES dataset); None otherwise."""
+    rows = [samples[i] for i in ev.sample_ids]
+    if not rows or any(s.conf_label is None for s in rows):
+        return None
+    return {"dataset": "SAGES CVS Challenge 2024",
+            **challenge_metrics(ev.probs.numpy(), ev.labels.numpy(), ev.rater_means.numpy(),
+                                [s.conf_label for s in rows], [sum(s.rater_confidence) / 3 for s in rows],
+                                ev.video_ids, names, seed=seed)}
 
 
 def write_outputs(run: Path, split: str, suffix: str, report: dict, preds: dict[str, Predictions],
