@@ -1,8 +1,10 @@
 """`cvsjepa check-data ROOT`: validate a dataset before a long run.
 
-Every keyframe's clip frames exist and decode, labels are valid rater means, splits share no
-video, symlinked folders are real links, masks have the right size and values, and, when the
-root is the full Endoscapes2023, the counts per split match the published ones.
+Endoscapes2023: every keyframe's clip frames exist and decode, labels are valid rater means,
+splits share no video, symlinked folders are real links, masks have the right size and values,
+and, when the root is the full Endoscapes2023, the counts per split match the published ones.
+SAGES CVS Challenge 2024: see :mod:`.sages_check` (videos decode, frame counts, CSV columns and
+values, no video in two splits). The format is recognised as for training (:mod:`.index`).
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from tqdm.auto import tqdm
 from ..errors import DataError
 from .endoscapes import SplitIndex, label_prevalence, load_split
 from .frames import frame_size, looks_like_link_placeholder, read_frame
+from .index import detect_format
+from .sages import FORMAT as SAGES
 from .masks import CocoMasks, read_semseg
 
 # Endoscapes2023 as published (reference/endoscapes2023.md): videos, 1 fps frames, CVS keyframes.
@@ -27,6 +31,7 @@ class CheckReport:
     rows: list[dict] = field(default_factory=list)
     problems: list[tuple[str, str]] = field(default_factory=list)  # (file or item, what is wrong)
     frames_decoded: int = 0
+    videos_decoded: int = 0  # SAGES: videos decoded to the end
     masks_checked: int = 0
     coco_masks_checked: int = 0  # frames of *_seg/annotation_coco.json whose instance masks decoded
 
@@ -36,11 +41,16 @@ class CheckReport:
 
 
 def check_dataset(root: Path, splits=("train", "val", "test"), frames: int = 16, stride: int = 1,
-                  decode: bool = True, progress: bool = True) -> CheckReport:
+                  decode: bool = True, progress: bool = True, fmt: str = "auto",
+                  frame_source: str = "auto") -> CheckReport:
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"dataset root {root} does not exist or is not a folder")
     report = CheckReport()
+    if (fmt if fmt != "auto" else detect_format(root)) == SAGES:
+        from .sages_check import check_sages
+
+        return check_sages(root, report, frame_source=frame_source, decode=decode, progress=progress)
     indices: dict[str, SplitIndex] = {}
     for split in splits:
         try:

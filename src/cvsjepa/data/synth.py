@@ -79,6 +79,9 @@ log = logging.getLogger("cvsjepa")
 __all__ = [
     "write_synthetic_dataset",
     "write_video_mp4",
+    "draw_scene",
+    "render_frame",
+    "Texture",
     "frame_name",
     "frame_number",
     "rater_probability",
@@ -222,6 +225,18 @@ def _draw_video(rng: np.random.Generator, vid: int, split: str, seg: bool, min_s
                   tool_angle=angle, jaw=jaw, vis=vis)
 
 
+def draw_scene(seed: int, vid: int, split: str, min_seconds: int, max_seconds: int) -> _Video:
+    """Every random draw of one video's scene (no masks, no votes), from ``SeedSequence([seed, vid])``:
+    the public entry for other layouts' writers (``data/sages_synth.py``)."""
+    rng = np.random.default_rng(np.random.SeedSequence([seed, vid]))
+    return _draw_video(rng, vid, split, False, min_seconds, max_seconds)
+
+
+def render_frame(video: _Video, t: int, texture: "Texture") -> np.ndarray:
+    """uint8 ``[HEIGHT, WIDTH, 3]``: second ``t`` of ``video`` as the Endoscapes writer draws it."""
+    return _compose(video, t, _paint(video, t), texture)
+
+
 def _draw_votes(rng: np.random.Generator, video: _Video) -> None:
     key_t = np.arange(0, video.seconds, KEYFRAME_EVERY_S)
     p = rater_probability(video.v[key_t])  # [K, 3]
@@ -244,7 +259,7 @@ def _bezier(p0, p1, p2, upto: float, n: int = 24) -> np.ndarray:
     return (1 - u) ** 2 * p0 + 2 * (1 - u) * u * p1 + u ** 2 * p2
 
 
-class _Texture:
+class Texture:
     """Per-video tissue texture (with a margin for the camera drift) and the fixed vignette."""
 
     def __init__(self, seed: int):
@@ -353,7 +368,7 @@ def _alphas(video: _Video, t: int) -> np.ndarray:
     return a
 
 
-def _compose(video: _Video, t: int, ids: np.ndarray, tex: _Texture) -> np.ndarray:
+def _compose(video: _Video, t: int, ids: np.ndarray, tex: Texture) -> np.ndarray:
     dx, dy = (int(x) for x in video.drift[t])
     ys = slice(_MARGIN - dy, _MARGIN - dy + HEIGHT)
     xs = slice(_MARGIN - dx, _MARGIN - dx + WIDTH)
@@ -412,7 +427,7 @@ def _render_video(args: tuple[_Video, str, int]) -> tuple[int, dict[int, list]]:
     """Write every 1 fps JPEG of one video (and its masks); return the boxes of its BBox frames."""
     video, root_s, seg_every_s = args
     root = Path(root_s)
-    tex = _Texture(video.texture_seed)
+    tex = Texture(video.texture_seed)
     boxes: dict[int, list] = {}
     for t in range(video.seconds):
         frame = t * SOURCE_FPS
@@ -752,8 +767,10 @@ synth.json: the generator's parameters. synth_truth.csv: per-frame latent visibi
 # ----------------------------------------------------------------------------------- mp4
 
 
-def write_video_mp4(frames: Sequence[Path | str | np.ndarray], path: Path, fps: float = 1.0) -> Path:
+def write_video_mp4(frames: Sequence[Path | str | np.ndarray], path: Path, fps: float = 1.0,
+                    options: dict | None = None) -> Path:
     """Encode frames (JPEG paths or uint8 [H, W, 3] arrays of one size) as an H.264 (or MPEG-4) mp4.
+    ``options``: libx264 settings (default ``{"crf": "18"}``; e.g. add ``"preset": "ultrafast"``).
 
     E.g. ``write_video_mp4(sorted(Path("synth/test").glob("162_*.jpg"), key=frame_number), "162.mp4", 1)``.
     """
@@ -773,7 +790,7 @@ def write_video_mp4(frames: Sequence[Path | str | np.ndarray], path: Path, fps: 
     with av.open(str(path), mode="w") as container:
         try:
             stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1000))
-            stream.options = {"crf": "18"}
+            stream.options = dict(options or {"crf": "18"})
         except Exception:  # pragma: no cover - builds without libx264
             stream = container.add_stream("mpeg4", rate=Fraction(fps).limit_denominator(1000))
         stream.width, stream.height = w - w % 2, h - h % 2
