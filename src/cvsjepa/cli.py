@@ -29,7 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="cvsjepa",
         description="Critical View of Safety classifiers on V-JEPA 2 video features "
-                    "(Endoscapes2023 layout). Start with `cvsjepa demo`.",
+                    "(Endoscapes2023 and SAGES CVS Challenge 2024 layouts). Start with `cvsjepa demo`.",
     )
     p.add_argument("--version", action="version", version=f"cvsjepa {__version__}")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")

@@ -20,11 +20,17 @@ def add_parser(sub) -> None:
                     "Prints when CVS is first reached: all three criteria >= their val-chosen thresholds for "
                     "--consecutive seconds. Exit status: 0 done; 2 the input or run cannot be used; "
                     f"{EXIT_INCOMPLETE} the video failed part way (the timeline up to there is written, the "
-                    "error is in timeline.json).")
+                    "error is in timeline.json). With --format sages2024 it writes the SAGES CVS Challenge 2024 "
+                    "submission instead: DIR/cvs-criteria.json = {\"overall_outputs\": 90 x 3 probabilities}, "
+                    "one row per second of a 90-s 1 fps video, after the challenge's own checks (shape, range; "
+                    "a failure exits 2 and writes nothing). See docs/predict.md for the container recipe.")
     p.add_argument("input", metavar="VIDEO_OR_FRAME_DIR", help="a video file, or a folder of one video's frames")
     p.add_argument("--run", required=True, metavar="RUN",
                    help="run directory from `cvsjepa train`, or its checkpoints/best directory")
     p.add_argument("--out", metavar="DIR", help="output folder (default: ./<input name>_timeline)")
+    p.add_argument("--format", choices=("timeline", "sages2024"), default="timeline",
+                   help="timeline (default): timeline.csv/json/png; sages2024: the challenge's cvs-criteria.json "
+                        "(90 x 3, checked as the challenge checks it)")
     p.add_argument("--fps", type=float, default=None,
                    help="sampling rate (default: the training rate, 1); for a folder, the rate its frames were "
                         "taken at")
@@ -55,6 +61,12 @@ def run(args) -> int:
     model = CVSModel.from_run(Path(args.run), device=args.device, thresholds=args.thresholds)
     timeline = model.predict_video(source, fps=args.fps, consecutive=args.consecutive,
                                    batch_size=args.batch_size, progress=not args.no_progress)
+    if args.format == "sages2024":
+        from ..predict.submission import write_submission
+
+        path = write_submission(timeline, out)
+        print(f"wrote {path}: {len(timeline)} x 3 probabilities (C1, C2, C3 per second)")
+        return 0
     written = timeline.save(out, plot=not args.no_plot)
     print(timeline.summary())
     print("wrote " + ", ".join(str(p) for p in written.values()))
