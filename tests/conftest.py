@@ -19,6 +19,16 @@ def synth_root(tmp_path_factory) -> Path:
     return root
 
 
+@pytest.fixture(scope="session")
+def sages_root(tmp_path_factory) -> Path:
+    """A small synthetic SAGES CVS Challenge 2024 copy: 3 train + 2 test videos of 16-24 s, 30 fps mp4s."""
+    from cvsjepa.data.sages_synth import write_sages_dataset
+
+    root = tmp_path_factory.mktemp("synth") / "sages_synth"
+    write_sages_dataset(root, seed=0, videos=(3, 2), min_seconds=16, max_seconds=24, width=128, progress=False)
+    return root
+
+
 @pytest.fixture
 def tiny_overrides(synth_root, tmp_path) -> list[str]:
     """A fast training config on the session's synthetic data."""
