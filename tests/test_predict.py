@@ -20,7 +20,7 @@ from cvsjepa.data.synth import frame_number, write_video_mp4
 from cvsjepa.errors import CheckpointError
 from cvsjepa.evaluate.thresholds import choose_thresholds
 from cvsjepa.predict.timeline import Timeline, first_run_start, iter_clips
-from cvsjepa.predict.video import open_frames
+from cvsjepa.data.video import open_frames
 from test_video_decode import coded_frames, encode, truncate
 
 SOURCE_FPS = 25  # Endoscapes frame numbers count 25 fps source frames

@@ -1,5 +1,5 @@
 """Reading videos for prediction: sampling at 1 fps by timestamps, VFR, rotation, odd sizes,
-corrupt packets, truncated and unusable files (cvsjepa.predict.video), and the clip window."""
+corrupt packets, truncated and unusable files (cvsjepa.data.video), and the clip window."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from cvsjepa.data.endoscapes import causal_clip
 from cvsjepa.data.transforms import preprocess_frames
 from cvsjepa.errors import DataError
 from cvsjepa.predict.timeline import iter_clips
-from cvsjepa.predict.video import VideoReader, open_frames
+from cvsjepa.data.video import VideoReader, open_frames
 
 av = pytest.importorskip("av")
 

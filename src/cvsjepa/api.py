@@ -38,7 +38,7 @@ from .data.transforms import preprocess_frames
 from .errors import CheckpointError
 from .io import atomic_write_json
 from .predict.timeline import Timeline, build_timeline
-from .predict.video import open_frames
+from .data.video import open_frames
 from .rundir import THRESHOLDS_FILE, RunDir, locate_checkpoint, predictions_file
 from .runtime import configure_threads, resolve_device
 

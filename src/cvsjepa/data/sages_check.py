@@ -2,7 +2,7 @@
 
 For every labelled video of every split: ``frame.csv`` has the columns and 0/1 votes, ``video.csv``
 numeric confidences; its pixels exist (the video, or a frame folder); the video decodes to the end
-(every frame, with :mod:`cvsjepa.predict.video`'s checks for corrupt and truncated streams) and holds
+(every frame, with :mod:`cvsjepa.data.video`'s checks for corrupt and truncated streams) and holds
 at least as many frames as its highest labelled frame id + 1; no video is in two splits (the layout
 refuses that, naming both places). Problems are collected, each with its file; nothing stops early.
 """
@@ -17,6 +17,8 @@ from tqdm.auto import tqdm
 from ..errors import DataError
 from .sages import CRITERION_KEYS, FRAME_CSV, VIDEO_CSV, annotated, read_frame_csv, read_video_csv, sages_labels
 from .sages_layout import SOURCE_FPS, SagesVideo, find_layout, pixels_of
+from .video import open_frames
+from .video_frames import probe_video
 
 
 def check_sages(root: Path, report, frame_source: str = "auto", decode: bool = True, progress: bool = True):
@@ -86,8 +88,6 @@ def _check_video(video: SagesVideo, frame_source: str, decode: bool, report):
 
 def _decoded_frames(path: Path) -> tuple[int, float]:
     """Decode every frame (the reader's corrupt/truncation checks apply): ``(frames, nominal fps)``."""
-    from ..predict.video import open_frames
-
     with open_frames(path, 1.0) as reader:
         for _ in reader:
             pass
@@ -99,7 +99,5 @@ def _decoded_frames(path: Path) -> tuple[int, float]:
 
 
 def _declared_frames(path: Path) -> tuple[int, float]:
-    from .video_frames import probe_video
-
     p = probe_video(path)
     return p.frames, p.nominal_fps

@@ -1,7 +1,7 @@
 """Clip frames decoded straight from video files, one whole video at a time.
 
 A SAGES clip frame is a :class:`VideoFrame`: a video file and a 1 fps position (``second``; sample
-``k`` shows what is on screen at ``t = k`` s, the rule of :mod:`cvsjepa.predict.video`, so frame
+``k`` shows what is on screen at ``t = k`` s, the rule of :mod:`cvsjepa.data.video`, so frame
 ``30 k`` of a 30 fps video). H.264 must be decoded from a key frame onwards, so reading one frame at
 a time would decode most of a 90-s video for every clip; instead :class:`VideoCache` decodes a
 video's 1 fps frames **once**, passes each through the caller's ``transform`` (e.g. the one
@@ -27,6 +27,7 @@ import torch
 
 from ..errors import DataError
 from .frames import FrameCache, read_frame
+from .video import open_frames
 
 DECODE_FPS = 1.0  # clips are built from 1 fps frames, as in training on Endoscapes
 
@@ -67,8 +68,6 @@ class VideoProbe:
 def probe_video(path: str | os.PathLike) -> VideoProbe:
     """Frame rate and count from the headers (no decoding); :class:`DataError` naming the file if it
     cannot be opened or has no video stream."""
-    from ..predict.video import open_frames
-
     path = Path(path)
     if path.is_dir():
         raise DataError(f"{path} is a folder, not a video file")
@@ -87,8 +86,6 @@ def probe_video(path: str | os.PathLike) -> VideoProbe:
 def decode_seconds(path: Path, upto: int | None = None) -> list[torch.Tensor]:
     """The 1 fps frames of a video, uint8 ``[H, W, 3]`` each, position ``k`` = time ``k`` s; reading
     stops after position ``upto`` when given. A decoding failure part way is a :class:`DataError`."""
-    from ..predict.video import open_frames
-
     out: list[torch.Tensor] = []
     with open_frames(path, DECODE_FPS) as reader:
         for sample in reader:

@@ -32,7 +32,7 @@ from ..criteria import CRITERIA
 from ..data.endoscapes import causal_clip
 from ..data.transforms import preprocess_frames
 from ..io import atomic_write_json, atomic_write_text
-from .video import SampledFrame
+from ..data.video import SampledFrame
 
 log = logging.getLogger("cvsjepa")
 
@@ -236,7 +236,7 @@ def build_timeline(reader, predict: Callable[[torch.Tensor], torch.Tensor], *, c
                    stride: int, thresholds: tuple[float, float, float], consecutive_s: float = 3.0,
                    batch_size: int = 8, progress: bool = False, model_info: dict | None = None,
                    criteria: tuple[str, ...] = CRITERIA) -> Timeline:
-    """Read ``reader`` (:func:`cvsjepa.predict.video.open_frames`) to the end, or to where it fails."""
+    """Read ``reader`` (:func:`cvsjepa.data.video.open_frames`) to the end, or to where it fails."""
     if batch_size < 1:
         raise ValueError(f"batch size must be >= 1, got {batch_size}")
     info, report, fps = reader.info, reader.report, reader.fps

@@ -38,7 +38,7 @@ from typing import Iterator
 
 import numpy as np
 
-from ..data.frames import read_frame
+from .frames import read_frame
 from ..errors import DataError
 
 log = logging.getLogger("cvsjepa")
