@@ -55,14 +55,21 @@ def test_synthetic_sages_videos_show_second_k_at_frame_k_fps(sages_root):
     assert all(abs(float(s.float().mean()) - raw[30 * k]) < 3 for k, s in enumerate(seconds))
 
 
-def test_extraction_decodes_each_video_once(sages_root, tmp_path):
+@pytest.fixture(scope="module")
+def sages_store(sages_root, tmp_path_factory):
+    """A feature store of the synthetic copy (tiny backbone) and the extraction's statistics."""
     from cvsjepa.features.extract import extract
 
-    cfg = load_config(None, [*ARGS, f"data.root={sages_root}", f"features.store={tmp_path / 'store'}"])
-    stats = extract(cfg, progress=False).stats
-    assert stats.distinct_videos == 5 and stats.videos_decoded == 5  # 28 clips, one decode per video
+    store = tmp_path_factory.mktemp("sages_store") / "store"
+    cfg = load_config(None, [*ARGS, f"data.root={sages_root}", f"features.store={store}"])
+    return store, extract(cfg, progress=False).stats, cfg
+
+
+def test_extraction_decodes_each_video_once(sages_store):
+    store, stats, cfg = sages_store
+    assert stats.distinct_videos == 5 and stats.videos_decoded == 5  # every clip of 5 videos, one decode each
     assert stats.clips == sum(len(i.samples) for i in load_indices(cfg, ["train", "val", "test"]).values())
-    assert json.loads((tmp_path / "store" / "splits.json").read_text())["splits"]["val"]
+    assert json.loads((store / "splits.json").read_text())["splits"]["val"]
 
 
 def test_a_shuffled_epoch_decodes_each_video_once_per_block(sages_root):
@@ -84,8 +91,8 @@ def test_a_shuffled_epoch_decodes_each_video_once_per_block(sages_root):
     assert max(decodes(grouped=False)) > 1  # plain shuffling of 5 videos through a cache of 2 re-decodes
 
 
-def _predictions(run: Path, split: str) -> tuple[list[str], np.ndarray, np.ndarray]:
-    with open(run / f"predictions_{split}.csv", newline="") as f:
+def _predictions(run: Path, split: str, suffix: str = "") -> tuple[list[str], np.ndarray, np.ndarray]:
+    with open(run / f"predictions_{split}{suffix}.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     return ([r["sample_id"] for r in rows], np.array([[float(r[f"label_C{c}"]) for c in (1, 2, 3)] for r in rows]),
             np.array([[float(r[f"prob_C{c}"]) for c in (1, 2, 3)] for r in rows]))
@@ -129,6 +136,17 @@ def test_evaluate_reads_the_runs_split_file_instead_of_redrawing(sages_run, tmp_
     assert ids and {i.rsplit("_", 1)[0] for i in ids} == set(s["val"])
 
 
+def test_temporal_tta_shifts_clips_within_the_decoded_videos(sages_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(sages_run, run)
+    assert main(["evaluate", str(run), "--tta", "2,2", "--tta-step", "3", "--bootstrap", "0", "--no-progress"]) == 0
+    report = json.loads((run / "eval_test_tta2x2.json").read_text())
+    assert report["tta"]["temporal_offsets_s"] == [0, 3] and report["challenge"]["task_a"]["map"] is not None
+    _, _, plain = _predictions(sages_run, "test")
+    _, _, tta = _predictions(run, "test", "_tta2x2")
+    assert tta.shape == plain.shape and not np.allclose(tta, plain)  # other clips were scored and averaged
+
+
 def _video_1fps(path: Path, seconds: int) -> Path:
     rng = np.random.default_rng(0)
     return write_video_mp4([rng.integers(0, 255, (72, 128, 3), dtype=np.uint8) for _ in range(seconds)], path, fps=1)
@@ -155,10 +173,9 @@ def test_the_submission_is_90_by_3_probabilities(sages_run, tmp_path, capsys):
     assert not (tmp_path / "out60" / "cvs-criteria.json").exists()
 
 
-def test_extract_and_sweep_on_sages(sages_root, tmp_path):
-    store = tmp_path / "store"
+def test_sweep_on_the_sages_feature_store(sages_root, sages_store, tmp_path):
+    store = sages_store[0]
     common = [*ARGS, f"data.root={sages_root}", f"features.store={store}", "--no-progress"]
-    assert main(["extract", *common]) == 0
     out = tmp_path / "sweep"
     assert main(["sweep", *common, f"out={out}", "train.epochs=2", "sweep.lrs=[1e-3,3e-4]",
                  "sweep.weight_decays=[0.1]"]) == 0

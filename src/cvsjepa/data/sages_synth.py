@@ -37,6 +37,7 @@ import numpy as np
 from PIL import Image
 
 from ..errors import DataError
+from .oracle import ORACLE_FILE
 from .sages import ANNOTATION_EVERY_S, CONFIDENCE_COLUMNS, VOTE_COLUMNS
 from .sages_layout import FRAME_CSV, LABELS_DIR, VIDEO_CSV, VIDEOS_DIR
 from .synth import (HEIGHT, RATER_SLOPE, WIDTH, Texture, _check_target, _remove_stale_temps, average_precision,
@@ -152,7 +153,7 @@ def _write_metadata(tmp: Path, per_split: dict, truth: list, params: dict) -> di
                           "oracle_map": oracle[split]["map"]}
     _write_csv(tmp / "synth_truth.csv", ["split", "video", "frame_id", "v_C1", "v_C2", "v_C3", "q_C1", "q_C2", "q_C3"],
                truth)
-    (tmp / "oracle.json").write_text(json.dumps(oracle, indent=2) + "\n")
+    (tmp / ORACLE_FILE).write_text(json.dumps(oracle, indent=2) + "\n")
     (tmp / "synth.json").write_text(json.dumps({"generator": "cvsjepa synth --layout sages2024", "synthetic": True,
                                                 "generator_version": GENERATOR_VERSION, **params,
                                                 "confidence_range": list(CONFIDENCE_RANGE),
