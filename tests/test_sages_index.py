@@ -140,7 +140,8 @@ def test_split_draws_are_seeded_by_video_and_a_split_file_fixes_them(tmp_path):
     a = draw_videos(videos, 0.15, seed=0, salt=1)
     assert a == draw_videos(videos, 0.15, seed=0, salt=1) and len(a) == 3 and set(a) <= set(videos)
     assert a != draw_videos(videos, 0.15, seed=1, salt=1)
-    plan = plan_splits({"train": videos, "test": ["t1"]}, {"train": "train", "val": "val", "test": "test"}, 0.15, 0, "x")
+    roles = {"train": "train", "val": "val", "test": "test"}
+    plan = plan_splits({"train": videos, "test": ["t1"]}, roles, 0.15, 0, "x")
     assert plan.splits["val"] == a and not set(a) & set(plan.splits["train"]) and plan.splits["test"] == ["t1"]
     with pytest.raises(DataError, match="val_fraction"):
         plan_splits({"train": videos}, {"train": "train", "val": "val"}, 0.0, 0, "x")
