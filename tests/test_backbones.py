@@ -241,7 +241,10 @@ def test_presets_without_weights_and_bad_names(tmp_path):
 # ------------------------------------------------------------------ presets
 def test_list_presets_sizes():
     rows = {r["name"]: r for r in list_presets() if r["family"] == "vjepa2"}
-    assert set(rows) == {"tiny", "vitl", "vith", "vitg", "vitg384"}
+    assert set(rows) == {"tiny", "vitl", "vith", "vitg", "vitg384", "surgmotion-vitl", "surgmotion-vitg"}
+    for surg, base in (("surgmotion-vitl", "vitl"), ("surgmotion-vitg", "vitg")):  # V-JEPA 2's layout exactly
+        assert {k: v for k, v in rows[surg].items() if k not in ("name", "weights")} == \
+            {k: v for k, v in rows[base].items() if k not in ("name", "weights")}
     for name, expected in (("vitl", 303.9e6), ("vith", 631.6e6), ("vitg", 1012.2e6), ("vitg384", 1012.2e6)):
         assert abs(rows[name]["params"] - expected) / expected < 0.01, (name, rows[name]["params"])
         assert rows[name]["family"] == "vjepa2"

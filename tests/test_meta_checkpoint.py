@@ -13,8 +13,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from cvsjepa.backbones import build_backbone
-from cvsjepa.backbones import vjepa2 as vjepa2_mod
-from cvsjepa.backbones.meta import choose_preset, convert_checkpoint, strip_prefixes
+from cvsjepa.backbones import vjepa2_presets
+from cvsjepa.backbones.conversion import convert_checkpoint
+from cvsjepa.backbones.meta import choose_preset
+from cvsjepa.backbones.meta_format import strip_prefixes
 from cvsjepa.cli import main
 from cvsjepa.config import BackboneConfig
 from cvsjepa.errors import CheckpointError, ConfigError
@@ -29,7 +31,7 @@ REMAINDER = dict(crop_size=32, patch_size=8, frames_per_clip=4, tubelet_size=2, 
 
 @pytest.fixture(autouse=True)
 def remainder_preset(monkeypatch):
-    monkeypatch.setitem(vjepa2_mod.PRESETS, "remainder", REMAINDER)
+    monkeypatch.setitem(vjepa2_presets.PRESETS, "remainder", REMAINDER)
 
 
 @pytest.fixture(autouse=True)
@@ -162,7 +164,7 @@ def clip(shape: dict, t: int = 8, seed: int = 1) -> torch.Tensor:
     return torch.randn(2, t, 3, c, c, generator=torch.Generator().manual_seed(seed))
 
 
-TINY = vjepa2_mod.PRESETS["tiny"]
+TINY = vjepa2_presets.PRESETS["tiny"]
 
 
 @pytest.fixture(scope="module")

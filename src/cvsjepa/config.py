@@ -34,7 +34,7 @@ DataSource = Literal["auto", "coco", "csv"]
 FrameSource = Literal["auto", "video", "frames"]
 TargetMode = Literal["hard", "soft"]
 BadSamplePolicy = Literal["error", "skip"]
-BackboneFamily = Literal["vjepa2", "videomae", "dinov2"]
+BackboneFamily = Literal["vjepa2", "vjepa21", "videomae", "dinov2", "dinov3"]  # = backbones.registry.FAMILIES
 AttnImplementation = Literal["sdpa", "eager"]
 HeadType = Literal["attentive", "linear"]
 LossType = Literal["bce", "focal"]
@@ -72,9 +72,9 @@ class DataConfig:
 
 @dataclass
 class BackboneConfig:
-    name: BackboneFamily = "vjepa2"  # backbone family in the registry
-    preset: str = "vitl"  # tiny | vitl | vith | vitg | vitg384 (shape; weights come from `path`)
-    path: str = ""  # local Hugging Face directory (config.json + *.safetensors)
+    name: BackboneFamily = "vjepa2"  # backbone family in the registry (vjepa2 = V-JEPA 2 and SurgMotion)
+    preset: str = "vitl"  # the family's shape, e.g. vitl, surgmotion-vitg; `cvsjepa backbones` lists them all
+    path: str = ""  # weights: a local Hugging Face / `cvsjepa convert` directory, or a Meta-format .pt (V-JEPA)
     random_weights: bool = False  # allow random weights for a non-tiny preset (benchmarks only)
     attn_implementation: AttnImplementation = "sdpa"  # sdpa | eager (eager returns attention maps)
     layers: list[int] = field(default_factory=list)  # multilevel: e.g. [17, 19, 21, 23]; empty = last layer

@@ -42,11 +42,13 @@ def encoder_blocks(backbone: nn.Module) -> nn.ModuleList:
 _ROLE_ALIASES = {"q_proj": "query", "k_proj": "key", "v_proj": "value", "proj": "output", "o_proj": "output"}
 
 
-def lora_target_regex(targets: list[str], attention_modules: dict[str, str] | None = None) -> str:
+def lora_target_regex(targets: list[str], attention_modules: dict[str, str] | None = None,
+                      blocks_path: str = "encoder.layer") -> str:
     """Full-name regex for peft: the encoder blocks' attention projections only (never the predictor).
 
     ``targets`` are roles (query, key, value, output; the log's q_proj/k_proj/v_proj are accepted),
-    mapped to each family's module paths through the backbone's ``attention_modules``.
+    mapped to each family's module paths through the backbone's ``attention_modules``, under its
+    ``blocks_path`` (``encoder.layer``; DINOv3 ``model.layer``).
     """
     modules = attention_modules or {"query": "attention.query", "key": "attention.key",
                                     "value": "attention.value", "output": "attention.proj"}
@@ -57,7 +59,7 @@ def lora_target_regex(targets: list[str], attention_modules: dict[str, str] | No
             raise ConfigError(f"adapt.lora_targets: {t!r} is not one of {', '.join(modules)} "
                               f"(or the log's q_proj, k_proj, v_proj)")
         paths.append(re.escape(modules[role]))
-    return rf"(.*\.)?encoder\.layer\.\d+\.({'|'.join(paths)})"
+    return rf"(.*\.)?{re.escape(blocks_path)}\.\d+\.({'|'.join(paths)})"
 
 
 def apply_adaptation(backbone: nn.Module, cfg: AdaptConfig, mode: str | None = None,
@@ -91,15 +93,17 @@ def add_lora(backbone: nn.Module, cfg: AdaptConfig) -> None:
     from peft import LoraConfig, get_peft_model
 
     lora_cfg = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                          target_modules=lora_target_regex(cfg.lora_targets, getattr(backbone, "attention_modules", None)),
+                          target_modules=lora_target_regex(cfg.lora_targets, getattr(backbone, "attention_modules", None),
+                                                           getattr(backbone, "blocks_path", "encoder.layer")),
                           bias="none")
     try:
         with warnings.catch_warnings():  # peft probes a deprecated transformers attribute
             warnings.simplefilter("ignore", FutureWarning)
             backbone.model = get_peft_model(backbone.model, lora_cfg)
     except ValueError as e:  # peft: "Target modules ... not found in the base model"
+        roles = getattr(backbone, "attention_modules", {})
         raise ConfigError(f"adapt.lora_targets={cfg.lora_targets} match no encoder attention module of "
-                          f"{backbone.name} (transformers names: query, key, value, proj)") from e
+                          f"{backbone.name} (its roles: {', '.join(f'{r}={m}' for r, m in roles.items())})") from e
     for n, p in backbone.named_parameters():
         p.requires_grad_("lora_" in n)
 

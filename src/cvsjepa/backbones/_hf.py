@@ -20,6 +20,7 @@ from ..errors import CheckpointError
 log = logging.getLogger(__name__)
 
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json")
+CONVERSION_NOTE = "cvsjepa_conversion.json"  # written by `cvsjepa convert` next to config.json
 PICKLE_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin", ".tar")
 
 
@@ -64,6 +65,15 @@ def check_hf_dir(path: str, model_types: Iterable[str], example: str, pt_hint: s
         raise CheckpointError(f"no model.safetensors (or model.safetensors.index.json) in backbone.path={path}"
                               f"{hint}; expected {expected}")
     return p
+
+
+def read_conversion_note(path: str | Path) -> dict[str, Any]:
+    """What ``cvsjepa convert`` recorded in a directory (source, family, preset, ...); {} if none."""
+    try:
+        note = json.loads((Path(path) / CONVERSION_NOTE).read_text())
+    except (OSError, ValueError):
+        return {}
+    return note if isinstance(note, dict) else {}
 
 
 def read_model_type(path: Path) -> str:

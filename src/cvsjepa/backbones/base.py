@@ -21,6 +21,7 @@ Two ways to run it:
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from abc import ABC, abstractmethod
@@ -68,6 +69,8 @@ class Backbone(nn.Module, ABC):
             to the block, by role (``query``, ``key``, ``value``, ``output``); e.g. V-JEPA 2's
             ``{"query": "attention.query", ..., "output": "attention.proj"}``. For LoRA targets:
             module names differ between families.
+        blocks_path: dotted path of the blocks' ModuleList under ``self.model`` (``encoder.layer``;
+            DINOv3: ``model.layer``); LoRA targets are anchored to it, so a predictor is never wrapped.
         frozen: set by ``freeze()``; a frozen backbone stays in eval mode even under ``.train()``.
     """
 
@@ -84,6 +87,7 @@ class Backbone(nn.Module, ABC):
     layers: tuple[int, ...] = ()
     attention_modules: dict[str, str] = {"query": "attention.query", "key": "attention.key",
                                          "value": "attention.value", "output": "attention.proj"}
+    blocks_path: str = "encoder.layer"
 
     def __init__(self) -> None:
         super().__init__()
@@ -111,8 +115,9 @@ class Backbone(nn.Module, ABC):
         return self.num_levels * t * h * w
 
     def encoder_blocks(self) -> nn.ModuleList:
-        """The transformer blocks, first to last (for unfreezing, LLRD, drop-path)."""
-        return self.model.encoder.layer  # type: ignore[attr-defined]  # every family here names them so
+        """The transformer blocks, first to last (for unfreezing, LLRD, drop-path): ``blocks_path``
+        under ``self.model``, by attribute so that it also reaches through a PEFT wrapper."""
+        return functools.reduce(getattr, self.blocks_path.split("."), self.model)  # type: ignore[attr-defined]
 
     def check_input(self, video: Tensor) -> None:
         """Refuse inputs the encoder would accept but misread.
@@ -145,14 +150,16 @@ class Backbone(nn.Module, ABC):
         """Subclass hook: checked ``[B, T, 3, crop, crop]`` -> tokens ``[B, N, D]``."""
 
     def _run_levels(self, x: Tensor, run_block: Callable[[nn.Module, Tensor], Tensor],
-                    norm: Callable[[Tensor], Tensor]) -> list[Tensor]:
-        """Multilevel helper: run the encoder blocks on the embedded tokens ``x``, keep ``norm`` of
-        each chosen block's output (in block order), and stop after the last chosen block."""
+                    norm: Callable[[Tensor], Tensor] | None = None,
+                    norm_of: Callable[[int], Callable[[Tensor], Tensor]] | None = None) -> list[Tensor]:
+        """Multilevel helper: run the encoder blocks on the embedded tokens ``x``, keep the normed
+        output of each chosen block (in block order), and stop after the last chosen block. The
+        norm is ``norm`` for every level, or ``norm_of(i)`` for block ``i`` (V-JEPA 2.1 has one per level)."""
         outs = []
         for i, block in enumerate(self.encoder_blocks()):
             x = run_block(block, x)
             if i in self.layers:
-                outs.append(norm(x))
+                outs.append((norm_of(i) if norm_of is not None else norm)(x))
             if i == self.layers[-1]:
                 break
         return outs

@@ -91,8 +91,14 @@ def list_dinov2_presets(num_frames: int = 16) -> list[dict[str, Any]]:
 
 
 class Dinov2FramesBackbone(Backbone):
-    """``Dinov2Model`` (or ``Dinov2WithRegistersModel``) on each frame; patch tokens stacked over time."""
+    """``Dinov2Model`` (or ``Dinov2WithRegistersModel``) on each frame; patch tokens stacked over time.
 
+    Per-frame image families (``dinov3``) subclass it: they set ``family`` and ``token_keys`` and
+    override ``_match`` (preset name of a config) and ``_frame_levels`` (one frame batch -> levels).
+    """
+
+    family = FAMILY
+    token_keys = _TOKEN_KEYS
     attention_modules = {"query": "attention.q_proj", "key": "attention.k_proj", "value": "attention.v_proj",
                          "output": "attention.o_proj"}
 
@@ -101,8 +107,7 @@ class Dinov2FramesBackbone(Backbone):
         super().__init__()
         self.model = model
         cfg = model.config
-        self.family = FAMILY
-        self.preset = match_preset(cfg)
+        self.preset = self._match(cfg)
         self.requested_preset = requested_preset or self.preset
         self.embed_dim = int(cfg.hidden_size)
         self.crop_size = int(crop_size)
@@ -112,28 +117,35 @@ class Dinov2FramesBackbone(Backbone):
         self.num_layers = int(cfg.num_hidden_layers)
         self.layers = resolve_layers(layers, self.num_layers)
         if self.crop_size % self.patch_size:
-            raise ConfigError(f"{FAMILY}: crop {self.crop_size} is not a multiple of the patch size {self.patch_size}")
+            raise ConfigError(f"{self.family}: crop {self.crop_size} is not a multiple of the patch size "
+                              f"{self.patch_size}")
         self.is_random = is_random
         self.path = path
-        self.name = f"{FAMILY}-{self.preset} ({'random weights' if is_random else path})"
+        self.name = f"{self.family}-{self.preset} ({'random weights' if is_random else path})"
+
+    @staticmethod
+    def _match(config: Any) -> str:
+        return match_preset(config)
 
     @property
     def config(self) -> Any:
         return self.model.config
 
+    def _frame_levels(self, frames: Tensor) -> list[Tensor]:
+        """``frames [B*T, 3, c, c]`` -> per level ``[B*T, prefix + h*w, D]`` (final-normed)."""
+        if not self.layers:
+            return [self.model(pixel_values=frames).last_hidden_state]
+        x = self.model.embeddings(frames)
+        return self._run_levels(x, lambda block, h: block(h, None), self.model.layernorm)
+
     def _encode(self, video: Tensor) -> Tensor:
         b, t = video.shape[:2]
-        frames = video.reshape(b * t, *video.shape[2:])
-        if not self.layers:
-            levels = [self.model(pixel_values=frames).last_hidden_state]
-        else:
-            x = self.model.embeddings(frames)
-            levels = self._run_levels(x, lambda block, h: block(h, None), self.model.layernorm)
+        levels = self._frame_levels(video.reshape(b * t, *video.shape[2:]))
         # [B*T, prefix + h*w, D] -> drop CLS/registers -> [B, T*h*w, D] per level, levels along tokens
         return torch.cat([lv[:, self.num_prefix_tokens:].reshape(b, -1, lv.shape[-1]) for lv in levels], dim=1)
 
     def fingerprint_config(self) -> dict[str, Any]:
-        return {"crop_size": self.crop_size, **{k: getattr(self.config, k, None) for k in _TOKEN_KEYS}}
+        return {"crop_size": self.crop_size, **{k: getattr(self.config, k, None) for k in self.token_keys}}
 
     def num_params(self) -> int:
         """Parameters that produce the tokens (``mask_token`` is used only in pre-training)."""

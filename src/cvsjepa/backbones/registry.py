@@ -37,9 +37,11 @@ class _Family:
 
 
 FAMILIES: dict[str, _Family] = {
-    "vjepa2": _Family("cvsjepa.backbones.vjepa2", "build_vjepa2", "list_vjepa2_presets"),
+    "vjepa2": _Family("cvsjepa.backbones.vjepa2", "build_vjepa2", "list_vjepa2_presets"),  # + SurgMotion presets
+    "vjepa21": _Family("cvsjepa.backbones.vjepa21", "build_vjepa21", "list_vjepa21_presets"),
     "videomae": _Family("cvsjepa.backbones.videomae", "build_videomae", "list_videomae_presets"),
     "dinov2": _Family("cvsjepa.backbones.dinov2", "build_dinov2", "list_dinov2_presets"),
+    "dinov3": _Family("cvsjepa.backbones.dinov3", "build_dinov3", "list_dinov3_presets"),
 }
 
 

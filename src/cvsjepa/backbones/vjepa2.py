@@ -12,6 +12,10 @@ vitg384    1408    40      22     48/11      384    1012.2 M         14.1
 tiny       96      2       4      2          64     random, for tests and the demo
 =========  ======  ======  =====  =========  =====  ===============  =====================
 
+plus SurgMotion (V-JEPA 2 pre-trained further on surgical video: ``surgmotion-vitl``,
+``surgmotion-vitg``), whose layout is V-JEPA 2's exactly; the table and the SurgMotion notes live
+in ``vjepa2_presets.py``.
+
 All use patch 16, tubelet 2 and ``frames_per_clip=64`` as the HF conversions do. frames_per_clip
 only sizes the RoPE depth grid, and frame positions extrapolate (``frame = id // tokens_per_frame``),
 so clips of any even length work; the *spatial* size must equal ``crop_size`` (checked).
@@ -22,8 +26,8 @@ Weights (``backbone.path``), nothing is downloaded:
   ``model.safetensors`` (or a sharded ``model.safetensors.index.json``), e.g. a snapshot of
   ``facebook/vjepa2-vitl-fpc64-256`` or the output of ``cvsjepa convert``. The directory's config
   wins over ``backbone.preset``; the actual shape is what ``describe()`` records.
-* Meta's original ``vitl.pt / vith.pt / vitg.pt / vitg-384.pt``: converted on load by
-  ``cvsjepa.backbones.meta`` (``torch.load(weights_only=True)``, fused qkv split, every key
+* Meta's original ``vitl.pt / vith.pt / vitg.pt / vitg-384.pt`` (or SurgMotion's ``.pt``): converted
+  on load by ``cvsjepa.backbones.meta`` (``torch.load(weights_only=True)``, fused qkv split, every key
   checked). ``cvsjepa convert`` does it once and writes a directory that loads faster.
 
 Multilevel tokens (``backbone.layers``, e.g. ``[17, 19, 21, 23]`` for ViT-L): see ``base.py``.
@@ -45,46 +49,13 @@ from ..errors import ConfigError
 from . import _hf, presets
 from .base import Backbone, resolve_layers
 from .flops import video_vit_flops
+from .meta import load_meta_checkpoint
+from .meta_format import is_meta_checkpoint_path
+from .vjepa2_presets import (FAMILY, HF_REPOS, PREDICTOR_NOTE, PRESETS, RANDOM_SEED, RELEASES, TOKEN_KEYS,
+                             match_preset, preset_config)
 
 log = logging.getLogger(__name__)
 
-FAMILY = "vjepa2"
-_HF_GEOMETRY = dict(crop_size=256, patch_size=16, tubelet_size=2, frames_per_clip=64)
-
-PRESETS: dict[str, dict[str, Any]] = {
-    # Tests and the demo: runs a 16-frame clip in milliseconds on a CPU. hidden/heads = 24 so each
-    # RoPE axis gets 8 dims (>= 2 needed).
-    "tiny": dict(crop_size=64, patch_size=16, frames_per_clip=8, tubelet_size=2, hidden_size=96,
-                 num_attention_heads=4, num_hidden_layers=2, mlp_ratio=2.0,
-                 pred_hidden_size=32, pred_num_attention_heads=2, pred_num_hidden_layers=1),
-    "vitl": dict(**_HF_GEOMETRY, hidden_size=1024, num_attention_heads=16, num_hidden_layers=24, mlp_ratio=4.0),
-    "vith": dict(**_HF_GEOMETRY, hidden_size=1280, num_attention_heads=16, num_hidden_layers=32, mlp_ratio=4.0),
-    "vitg": dict(**_HF_GEOMETRY, hidden_size=1408, num_attention_heads=22, num_hidden_layers=40,
-                 mlp_ratio=48 / 11),
-    "vitg384": dict(**{**_HF_GEOMETRY, "crop_size": 384}, hidden_size=1408, num_attention_heads=22,
-                    num_hidden_layers=40, mlp_ratio=48 / 11),
-}
-HF_REPOS = {"vitl": "facebook/vjepa2-vitl-fpc64-256", "vith": "facebook/vjepa2-vith-fpc64-256",
-            "vitg": "facebook/vjepa2-vitg-fpc64-256", "vitg384": "facebook/vjepa2-vitg-fpc64-384"}
-RANDOM_SEED = 0  # every random-weight build uses it, so "tiny" is one fixed model everywhere
-
-# Fields that define the encoder's shape (preset matching) and, with the weights, its tokens.
-_SHAPE_KEYS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "mlp_ratio",
-               "crop_size", "patch_size", "tubelet_size")
-_TOKEN_KEYS = _SHAPE_KEYS + ("layer_norm_eps", "hidden_act", "qkv_bias", "in_chans")
-META_SUFFIXES = (".pt", ".pth", ".tar", ".ckpt")
-PREDICTOR_NOTE = ("the predictor is not converted (classification never runs it): it is randomly "
-                  "initialised and skipped")
-
-
-def preset_config(preset: str, attn_implementation: str = "sdpa") -> VJEPA2Config:
-    """The ``VJEPA2Config`` of a named preset; ConfigError naming ``backbone.preset`` if unknown."""
-    return presets.named_config(PRESETS, preset, VJEPA2Config, FAMILY, attn_implementation)
-
-
-def match_preset(config: VJEPA2Config) -> str:
-    """Name of the preset with this encoder shape, or ``"custom"``."""
-    return presets.match_preset(PRESETS, config, VJEPA2Config, _SHAPE_KEYS)
 
 
 @lru_cache(maxsize=None)
@@ -103,19 +74,21 @@ def preset_flops(preset: str, num_frames: int = 16) -> int:
                            crop=kw["crop_size"], patch=kw["patch_size"], tubelet=kw["tubelet_size"])
 
 
+def _weights(name: str) -> str:
+    if name == "tiny":
+        return "random (built in)"
+    r = RELEASES[name]
+    return f"local HF dir (e.g. {r.hf_repo}) or Meta {r.files}" if r.hf_repo else f"{r.files}, or its cvsjepa convert dir"
+
+
 def list_vjepa2_presets(num_frames: int = 16) -> list[dict[str, Any]]:
     """One row per preset: name, family, params (encoder only), embed dim, tokens and forward FLOPs
     per clip of ``num_frames`` frames."""
     return [presets.preset_row(
         name, FAMILY, kw, params=_encoder_params(name), params_scope="encoder only (predictor excluded)",
         crop=kw["crop_size"], tubelet=kw["tubelet_size"], clip_frames=num_frames,
-        flops=preset_flops(name, num_frames),
-        weights="random (built in)" if name == "tiny" else
-                f"local HF dir (e.g. {HF_REPOS[name]}) or Meta {_META_FILES[name]}")
+        flops=preset_flops(name, num_frames), weights=_weights(name))
         for name, kw in PRESETS.items()]
-
-
-_META_FILES = {"vitl": "vitl.pt", "vith": "vith.pt", "vitg": "vitg.pt", "vitg384": "vitg-384.pt"}
 
 
 class VJEPA2Backbone(Backbone):
@@ -166,7 +139,7 @@ class VJEPA2Backbone(Backbone):
         return {f"encoder.{k}": v for k, v in self.model.encoder.state_dict().items()}
 
     def fingerprint_config(self) -> dict[str, Any]:
-        return {k: getattr(self.config, k) for k in _TOKEN_KEYS}
+        return {k: getattr(self.config, k) for k in TOKEN_KEYS}
 
     def num_params(self) -> int:
         """Encoder parameters only (the predictor, unused here, is excluded)."""
@@ -198,11 +171,6 @@ def load_hf_model(path: str, attn_implementation: str = "sdpa") -> VJEPA2Model:
                                required=("encoder.",))
 
 
-def is_meta_checkpoint_path(path: str) -> bool:
-    """A file path with a PyTorch-pickle suffix: Meta's release format (``vitl.pt``...)."""
-    return Path(path).suffix.lower() in META_SUFFIXES
-
-
 def build_vjepa2(cfg: BackboneConfig, device: torch.device | str | None = None) -> VJEPA2Backbone:
     """Build from ``cfg``: a local HF dir or a Meta ``.pt`` when ``cfg.path`` is set, else a seeded
     random preset. ``cfg.layers`` picks multilevel tokens (ConfigError when out of range)."""
@@ -211,8 +179,6 @@ def build_vjepa2(cfg: BackboneConfig, device: torch.device | str | None = None) 
             raise ConfigError(f"backbone.random_weights=true and backbone.path={cfg.path} are both set: "
                               f"pick one (path loads weights, random_weights builds a random model)")
         if is_meta_checkpoint_path(cfg.path):
-            from .meta import load_meta_checkpoint
-
             model, info = load_meta_checkpoint(cfg.path, preset_hint=cfg.preset,
                                                attn_implementation=cfg.attn_implementation)
             backbone = VJEPA2Backbone(model, path=cfg.path, is_random=False, requested_preset=cfg.preset,
@@ -220,8 +186,9 @@ def build_vjepa2(cfg: BackboneConfig, device: torch.device | str | None = None) 
                                       preset=info["preset"])
         else:
             model = load_hf_model(cfg.path, cfg.attn_implementation)
+            name = match_preset(model.config, prefer=(cfg.preset, str(_hf.read_conversion_note(cfg.path).get("preset", ""))))
             backbone = VJEPA2Backbone(model, path=cfg.path, is_random=False, requested_preset=cfg.preset,
-                                      layers=cfg.layers)
+                                      layers=cfg.layers, preset=name)
         if backbone.preset != cfg.preset:
             log.info("backbone.preset=%s, but %s holds a %s-shaped model: using the weights' shape",
                      cfg.preset, cfg.path, backbone.preset)
