@@ -20,7 +20,7 @@ from cvsjepa.cli import main
 from cvsjepa.config import BackboneConfig
 from cvsjepa.errors import CheckpointError, ConfigError
 
-FRAMES = {"vjepa2": 4, "videomae": 4, "dinov2": 4}  # tiny clips; VideoMAE-tiny is fixed at 4 frames
+FRAMES = {"vjepa2": 4, "videomae": 4, "dinov2": 4, "dinov3": 4, "vjepa21": 4}  # tiny clips; VideoMAE-tiny is fixed at 4 frames
 TRAIN_FRAMES = {"vjepa2": 2, "videomae": 4, "dinov2": 2}  # fewer JPEGs to decode in the CLI runs
 
 
@@ -42,7 +42,7 @@ def clip(bb: Backbone, t: int | None = None, b: int = 2, seed: int = 0) -> torch
 
 
 # ------------------------------------------------------------------ the contract, per family
-@pytest.mark.parametrize("name", ["videomae", "dinov2"])
+@pytest.mark.parametrize("name", ["videomae", "dinov2", "dinov3", "vjepa21"])
 def test_tiny_contract(name):
     bb = tiny(name).freeze()
     x = clip(bb)
@@ -88,7 +88,7 @@ def test_dinov2_runs_each_frame_on_its_own():
     assert torch.allclose(bb.extract(x2)[:, 16:], tokens[:, 16:], atol=1e-6)
 
 
-@pytest.mark.parametrize("name", ["videomae", "dinov2"])
+@pytest.mark.parametrize("name", ["videomae", "dinov2", "dinov3", "vjepa21"])
 def test_multilevel_per_family(name):
     bb = tiny(name).freeze()
     ml = tiny(name, layers=[0, 1]).freeze()
@@ -107,14 +107,14 @@ def test_multilevel_per_family(name):
 @pytest.fixture(scope="module")
 def hf_dirs(tmp_path_factory):
     dirs = {}
-    for name in ("videomae", "dinov2"):
+    for name in ("videomae", "dinov2", "dinov3", "vjepa21"):
         d = tmp_path_factory.mktemp(name) / f"{name}-tiny"
         tiny(name).model.save_pretrained(d)
         dirs[name] = d
     return dirs
 
 
-@pytest.mark.parametrize("name", ["videomae", "dinov2"])
+@pytest.mark.parametrize("name", ["videomae", "dinov2", "dinov3", "vjepa21"])
 def test_hf_dir_round_trip(hf_dirs, name):
     ref = tiny(name).freeze()
     loaded = build_backbone(BackboneConfig(name=name, path=str(hf_dirs[name]))).freeze()  # default preset "vitl"
@@ -124,7 +124,7 @@ def test_hf_dir_round_trip(hf_dirs, name):
     assert loaded.preset == "tiny" and not loaded.is_random and str(hf_dirs[name]) in loaded.name
 
 
-@pytest.mark.parametrize("name", ["videomae", "dinov2"])
+@pytest.mark.parametrize("name", ["videomae", "dinov2", "dinov3"])
 def test_hf_dir_refusals(tmp_path, hf_dirs, name):
     d = tmp_path / "partial"
     d.mkdir()
@@ -156,7 +156,7 @@ def test_dinov2_with_registers_drops_them(tmp_path):
     assert torch.allclose(tokens[:, 16:], ref, atol=1e-5)
 
 
-@pytest.mark.parametrize("name", ["videomae", "dinov2"])
+@pytest.mark.parametrize("name", ["videomae", "dinov2", "dinov3"])
 def test_real_presets_need_weights(name):
     preset = "base"
     with pytest.raises(ConfigError, match=f"backbone.preset={preset} needs"):
@@ -232,3 +232,57 @@ def test_extract_then_train_from_the_store(synth_root, tmp_path, name, layers):
     run = tmp_path / "run"
     assert main(["train", *_args(name, synth_root, run, layers), f"features.store={store}", "--no-progress"]) == 0
     assert (run / "summary.json").is_file()
+
+
+# ------------------------------------------------------------------ FLOPs, counted independently
+def _flop_model(family: str, name: str, depth: int):
+    """(model, run) for ``family``/``name`` with ``depth`` blocks, on the meta device (shapes only)."""
+    from transformers import (DINOv3ViTModel, Dinov2Model, VideoMAEConfig, VideoMAEModel, VJEPA2Config,
+                              VJEPA2Model)
+
+    from cvsjepa.backbones import dinov2, dinov3, videomae, vjepa2_presets, vjepa21_model, vjepa21_presets
+
+    if family == "vjepa2":
+        model = VJEPA2Model(VJEPA2Config(**{**vjepa2_presets.PRESETS[name], "num_hidden_layers": depth,
+                                            "pred_num_hidden_layers": 1}))
+        return model, lambda x: model(pixel_values_videos=x, skip_predictor=True)
+    if family == "vjepa21":
+        kw = {**vjepa21_presets.PRESETS[name], "num_hidden_layers": depth, "hierarchical_layers": [depth - 1]}
+        model = vjepa21_model.VJEPA21Model(vjepa21_model.VJEPA21Config(**kw))
+        return model, lambda x: model(pixel_values_videos=x)
+    if family == "videomae":
+        model = VideoMAEModel(VideoMAEConfig(**{**videomae.PRESETS[name], "num_hidden_layers": depth}))
+        return model, lambda x: model(pixel_values=x)
+    if family == "dinov2":
+        model = Dinov2Model(dinov2.preset_config(name).__class__(**{**dinov2.PRESETS[name], "num_hidden_layers": depth}))
+        return model, lambda x: model(pixel_values=x.flatten(0, 1))
+    model = DINOv3ViTModel(dinov3.preset_config(name).__class__(**{**dinov3.PRESETS[name], "num_hidden_layers": depth}))
+    return model, lambda x: model(pixel_values=x.flatten(0, 1))
+
+
+def counted_flops(row: dict) -> int:
+    """torch's FlopCounterMode over the real transformers forward (matmuls, convolutions, attention),
+    at depth 1 and 2 on the meta device, extrapolated linearly to the preset's depth."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counts = []
+    for depth in (1, 2):
+        with torch.device("meta"):
+            model, run = _flop_model(row["family"], row["name"], depth)
+            x = torch.empty(1, row["clip_frames"], 3, row["crop_size"], row["crop_size"])
+        with FlopCounterMode(display=False) as fc, torch.no_grad():
+            run(x)
+        counts.append(fc.get_total_flops())
+    return counts[0] + (row["layers"] - 1) * (counts[1] - counts[0])
+
+
+@pytest.mark.parametrize("families", [
+    ("vjepa2", "vjepa21", "dinov2", "dinov3"),
+    pytest.param(("videomae",), marks=pytest.mark.slow),  # its sin-cos tables take seconds to build
+], ids=["default", "videomae"])
+def test_listed_flops_match_an_independent_count(families):
+    rows = [r for r in list_presets(16) if r["name"] != "tiny" and r["family"] in families]
+    assert {r["family"] for r in rows} == set(families)
+    for r in rows:
+        counted = counted_flops(r)
+        assert abs(r["flops_per_clip"] - counted) / counted < 0.01, (r["family"], r["name"], r["flops_per_clip"], counted)

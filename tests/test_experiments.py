@@ -86,7 +86,7 @@ def test_bad_lora_target_is_a_config_error(synth_root):
         _model(["adapt.mode=lora", "adapt.lora_targets=[qkv]"], synth_root)
 
 
-@pytest.mark.parametrize("family", ["videomae", "dinov2"])
+@pytest.mark.parametrize("family", ["videomae", "dinov2", "dinov3", "vjepa21"])
 def test_lora_reaches_other_families(family, synth_root):
     frames = "16" if family == "videomae" else "4"
     cfg, model = _model([f"backbone.name={family}", f"data.frames={frames}", "adapt.mode=lora", "adapt.lora_r=2"],
@@ -94,6 +94,8 @@ def test_lora_reaches_other_families(family, synth_root):
     wrapped = {n.rsplit(".lora_", 1)[0] for n, _ in model.named_parameters() if "lora_" in n}
     layers = len(list(model.backbone.encoder_blocks()))
     assert len(wrapped) == 2 * layers  # query and value of every encoder block
+    roles = model.backbone.attention_modules  # each family's own names for the roles
+    assert all(n.endswith((roles["query"], roles["value"])) for n in wrapped)
 
 
 @pytest.mark.parametrize("n", [1, 2])

@@ -4,6 +4,7 @@ description (not from transformers), conversion to a Hugging Face directory, and
 from __future__ import annotations
 
 import json
+import math
 import logging
 import pickle
 
@@ -353,3 +354,80 @@ def test_vitg_256_and_384_are_told_apart():
     assert choose_preset(shape, "vitg384", filename="/w/vitg.pt") == "vitg384"
     vitl = dict(shape, hidden_size=1024, num_hidden_layers=24, mlp_hidden=4096)
     assert choose_preset(vitl, filename="vitl.pt") == "vitl"
+
+
+# ------------------------------------------------------------------ SurgMotion
+# SurgMotion (CAIR-HKISI/SurgMotion, src/models/) is V-JEPA 2's code base: its "xformer" ViT-g is
+# `vit_giant_xformers`, i.e. the same fused-qkv RoPE attention with 22 heads of 64 dims and MLP ratio
+# 48/11, so OriginalEncoder above is its structure too. These shapes keep that head geometry
+# (64 = 3 x 20 rotated + 4 passed through) at test size; the SurgMotion twin differs only in name.
+XFORMER = dict(crop_size=64, patch_size=16, frames_per_clip=8, tubelet_size=2, hidden_size=128,
+               num_attention_heads=2, num_hidden_layers=2, mlp_ratio=48 / 11, pred_hidden_size=16,
+               pred_num_attention_heads=2, pred_num_hidden_layers=1)
+SURG_L2 = dict(vjepa2_presets.PRESETS["surgmotion-vitl"], num_hidden_layers=2, pred_num_hidden_layers=1)
+
+
+@pytest.fixture
+def surgmotion_presets(monkeypatch):
+    for name, kw in (("xformer-tiny", XFORMER), ("surgmotion-xformer-tiny", XFORMER), ("surgmotion-l2", SURG_L2)):
+        monkeypatch.setitem(vjepa2_presets.PRESETS, name, kw)
+    for name in ("surgmotion-xformer-tiny", "surgmotion-l2"):
+        monkeypatch.setitem(vjepa2_presets.RELEASES, name, vjepa2_presets.RELEASES["surgmotion-vitg"])
+
+
+def surgmotion_file(path, enc, decoy):
+    """SurgMotion's layout: the authors' probing reads `encoder`; a different `target_encoder` too."""
+    torch.save({"encoder": {f"module.backbone.{k}": v for k, v in enc.state_dict().items()},
+                "target_encoder": {f"module.backbone.{k}": v for k, v in decoy.state_dict().items()},
+                "predictor": {"module.backbone.predictor_blocks.0.norm1.weight": torch.ones(4)}}, path)
+    return path
+
+
+def test_surgmotion_parity_key_and_conversion(tmp_path, surgmotion_presets, capsys):
+    enc, decoy = OriginalEncoder(XFORMER, seed=1).eval(), OriginalEncoder(XFORMER, seed=2).eval()
+    pt = surgmotion_file(tmp_path / "SurgMotion-tiny-xformer.pt", enc, decoy)
+    bb = build_backbone(BackboneConfig(path=str(pt))).freeze()  # base.yaml's preset=vitl: the file name decides
+    d = bb.describe()
+    assert bb.preset == "surgmotion-xformer-tiny" and d["meta_checkpoint_key"] == "encoder"
+    x = clip(XFORMER)
+    with torch.no_grad():
+        ref, ref_decoy = enc(x.permute(0, 2, 1, 3, 4)), decoy(x.permute(0, 2, 1, 3, 4))
+    got = bb.extract(x)
+    print(f"SurgMotion xformer parity: max abs diff {(got - ref).abs().max():.2e}")
+    assert (got - ref).abs().max() < 1e-5 and (got - ref_decoy).abs().max() > 1e-2
+    # the same tensors under a V-JEPA 2 file name: that preset, and V-JEPA 2's EMA key
+    plain = build_backbone(BackboneConfig(path=str(surgmotion_file(tmp_path / "vitg-like.pt", enc, decoy))))
+    assert plain.preset == "xformer-tiny" and plain.describe()["meta_checkpoint_key"] == "target_encoder"
+    out = tmp_path / "surgmotion-dir"
+    assert main(["convert", str(pt), "--out", str(out)]) == 0
+    assert "vjepa2 surgmotion-xformer-tiny, encoder from encoder" in capsys.readouterr().out
+    from_dir = build_backbone(BackboneConfig(path=str(out))).freeze()
+    assert from_dir.preset == "surgmotion-xformer-tiny"  # the conversion note keeps the name
+    assert torch.equal(from_dir.extract(x), got) and from_dir.weights_fingerprint() == bb.weights_fingerprint()
+
+
+def test_surgmotion_parity_at_vitl_width(tmp_path, surgmotion_presets):
+    """SurgMotion-L's shape (1024 wide, 16 heads, 256 px), 2 layers."""
+    enc = OriginalEncoder(SURG_L2, seed=4).eval()
+    with torch.no_grad():  # keep 1024-wide products O(1): matrices at 2 / sqrt(fan_in)
+        for q in enc.parameters():
+            if q.ndim == 2:
+                q.mul_(2 / math.sqrt(q.shape[1]) / 0.15)
+    pt = surgmotion_file(tmp_path / "SurgMotion-vitl.pt", enc, enc)
+    bb = build_backbone(BackboneConfig(path=str(pt), preset="surgmotion-l2")).freeze()
+    x = clip(SURG_L2, t=2)[:1]
+    with torch.no_grad():
+        ref = enc(x.permute(0, 2, 1, 3, 4))
+    got = bb.extract(x)
+    print(f"SurgMotion ViT-L width parity: max abs diff {(got - ref).abs().max():.2e}")
+    assert got.shape == (1, 256, 1024) and (got - ref).abs().max() < 1e-5
+
+
+def test_surgmotion_is_told_apart_by_name_or_preset():
+    vitg = dict(hidden_size=1408, in_chans=3, tubelet_size=2, patch_size=16, num_hidden_layers=40, mlp_hidden=6144)
+    assert choose_preset(vitg, filename="/w/SurgMotion-vitg-xformer.pt") == "surgmotion-vitg"
+    assert choose_preset(vitg, hint="surgmotion-vitg", filename="/w/giant.pt") == "surgmotion-vitg"
+    assert choose_preset(vitg, filename="/w/vitg.pt") == "vitg"
+    vitl = dict(vitg, hidden_size=1024, num_hidden_layers=24, mlp_hidden=4096)
+    assert choose_preset(vitl, filename="/w/SurgMotion-vitl.pt") == "surgmotion-vitl"
+    assert choose_preset(vitl, filename="/w/vitl.pt") == "vitl"

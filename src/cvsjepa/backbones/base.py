@@ -116,8 +116,11 @@ class Backbone(nn.Module, ABC):
 
     def encoder_blocks(self) -> nn.ModuleList:
         """The transformer blocks, first to last (for unfreezing, LLRD, drop-path): ``blocks_path``
-        under ``self.model``, by attribute so that it also reaches through a PEFT wrapper."""
-        return functools.reduce(getattr, self.blocks_path.split("."), self.model)  # type: ignore[attr-defined]
+        under ``self.model``, or under the model a PEFT wrapper holds (whose own ``.model`` would
+        shadow DINOv3's ``model.layer``)."""
+        model = self.model  # type: ignore[attr-defined]
+        root = model.get_base_model() if hasattr(model, "get_base_model") else model
+        return functools.reduce(getattr, self.blocks_path.split("."), root)
 
     def check_input(self, video: Tensor) -> None:
         """Refuse inputs the encoder would accept but misread.

@@ -107,7 +107,7 @@ def _fold_modality_embedding(state: dict[str, Tensor], out: dict[str, Tensor], s
 
 def infer_shape(converted: dict[str, Tensor]) -> dict[str, Any]:
     """Hidden size, depth, MLP width, patch, tubelet, input channels and the number of hierarchical norms."""
-    shape = block_shape(converted, converted.get("encoder.embeddings.patch_embeddings.proj.weight"))
+    shape = block_shape(converted, converted.get("encoder.embeddings.patch_embeddings.proj.weight"), "encoder.")
     shape["num_norms"] = (1 if "encoder.layernorm.weight" in converted else 0) + len(
         {k.split(".")[1] for k in converted if k.startswith("hierarchical_norms.")})
     return shape

@@ -44,6 +44,8 @@ log = logging.getLogger(__name__)
 
 PREFIXES = ("module.", "backbone.")
 META_SUFFIXES = (".pt", ".pth", ".tar", ".ckpt")
+ALL_ENCODER_KEYS = ("ema_encoder", "target_encoder", "encoder")
+FAMILY_NAMES = {"vjepa2": "V-JEPA 2 / SurgMotion", "vjepa21": "V-JEPA 2.1"}
 NOT_ENCODERS = ("predictor", "opt", "optimizer", "scaler")  # top-level entries that are never an encoder
 _BLOCK = re.compile(r"^blocks\.(\d+)\.(.+)\.(weight|bias)$")
 _PREDICTOR_BLOCK = re.compile(r"predictor_blocks\.(\d+)\.")
@@ -98,7 +100,7 @@ def read_state(path: str | Path, key: str = "auto", prefer: Iterable[str] = ("ta
             key = ""
         else:
             raise CheckpointError(f"{path}: no encoder state under {' or '.join(map(repr, prefer))}; "
-                                  f"top-level keys are {names(obj)}")
+                                  f"top-level keys are {names(obj)}{_other_family_hint(obj)}")
     if key and not isinstance(obj.get(key), dict):
         raise CheckpointError(f"{path}: no state dict under {key!r}; top-level keys are {names(obj)}")
     state = obj[key] if key else obj
@@ -108,6 +110,16 @@ def read_state(path: str | Path, key: str = "auto", prefer: Iterable[str] = ("ta
     predictor = obj.get("predictor") if key else None
     return MetaState(path=path, state={strip_prefixes(k): v for k, v in state.items()}, key=key,
                      top_level=sorted(map(str, obj)), predictor_depth=predictor_depth(predictor))
+
+
+def _other_family_hint(obj: dict) -> str:
+    """A hint when the file holds an encoder under a key another family prefers (a 2.1 ``ema_encoder``)."""
+    for key in ALL_ENCODER_KEYS:
+        if isinstance(obj.get(key), dict):
+            family = family_of({strip_prefixes(str(k)): v for k, v in obj[key].items()})
+            if family:
+                return f" (its '{key}' is a {FAMILY_NAMES[family]} encoder: set backbone.name={family})"
+    return ""
 
 
 def _load(path: str, what: str) -> dict:
@@ -211,7 +223,7 @@ def rename_blocks(state: dict[str, Tensor]) -> tuple[dict[str, Tensor], dict[str
 def original_name(hf_name: str, top_map: dict[str, str]) -> str:
     """``layer.3.attention.key.weight`` -> ``blocks.3.attn.qkv.weight`` (for messages);
     ``top_map``: the family's original -> converted names outside the blocks."""
-    m = re.match(r"^layer\.(\d+)\.(.+)\.(weight|bias)$", hf_name)
+    m = re.match(r"^(?:encoder\.)?layer\.(\d+)\.(.+)\.(weight|bias)$", hf_name)
     if m:
         i, sub, leaf = m.groups()
         if sub.startswith("attention.") and sub.split(".")[1] in _QKV:
@@ -234,7 +246,8 @@ def check_complete(converted: dict[str, Tensor], source: dict[str, str], expecte
         return
     parts = []
     if missing:
-        parts.append(f"missing {len(missing)} encoder weights: {names(original_name(k, top_map) for k in missing)}")
+        originals = {original_name(k, top_map) for k in missing}  # a fused qkv is one weight, not three
+        parts.append(f"missing {len(originals)} encoder weights: {names(originals)}")
     if extra:
         parts.append(f"{len(set(source[k] for k in extra))} unexpected keys: {names({source[k] for k in extra})}")
     if wrong:
@@ -244,17 +257,19 @@ def check_complete(converted: dict[str, Tensor], source: dict[str, str], expecte
     raise CheckpointError(f"{path} is not a complete {what} of the inferred shape: " + "; ".join(parts))
 
 
-def block_shape(converted: dict[str, Tensor], patch_weight: Tensor | None) -> dict[str, int]:
+def block_shape(converted: dict[str, Tensor], patch_weight: Tensor | None, prefix: str = "") -> dict[str, int]:
     """Hidden size, input channels, tubelet, patch, depth and MLP width, from the tensors
-    (``patch_weight``: the Conv3d ``[hidden, C, tubelet, patch, patch]``)."""
+    (``patch_weight``: the Conv3d ``[hidden, C, tubelet, patch, patch]``; the blocks are
+    ``{prefix}layer.{i}....`` in ``converted``)."""
     if patch_weight is None or patch_weight.ndim != 5:
         got = "missing" if patch_weight is None else f"shape {tuple(patch_weight.shape)}"
         raise CheckpointError(f"patch_embed.proj.weight is {got}; expected a Conv3d weight "
                               f"[hidden, 3, tubelet, patch, patch]")
-    fc1 = converted.get("layer.0.mlp.fc1.weight")
+    fc1 = converted.get(f"{prefix}layer.0.mlp.fc1.weight")
     if fc1 is None:
         raise CheckpointError("blocks.0.mlp.fc1.weight is missing: cannot infer the MLP width")
-    depth = 1 + max((int(k.split(".")[1]) for k in converted if k.startswith("layer.")), default=-1)
+    depth = 1 + max((int(k[len(prefix):].split(".")[1]) for k in converted if k.startswith(f"{prefix}layer.")),
+                    default=-1)
     w = patch_weight
     return {"hidden_size": int(w.shape[0]), "in_chans": int(w.shape[1]), "tubelet_size": int(w.shape[2]),
             "patch_size": int(w.shape[3]), "num_hidden_layers": depth, "mlp_hidden": int(fc1.shape[0])}

@@ -60,7 +60,7 @@ def list_vjepa21_presets(num_frames: int = 16) -> list[dict[str, Any]]:
     return [presets.preset_row(
         name, FAMILY, kw, params=_params(name), params_scope=PARAMS_SCOPE, crop=kw["crop_size"],
         tubelet=kw["tubelet_size"], clip_frames=num_frames, flops=preset_flops(name, num_frames),
-        weights="random (built in)" if name == "tiny" else f"Meta {FILES[name]}, or its cvsjepa convert dir")
+        weights=f"Meta {FILES[name]}, or its cvsjepa convert dir" if name in FILES else "random (built in)")
         for name, kw in PRESETS.items()]
 
 
