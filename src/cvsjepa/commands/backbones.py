@@ -16,7 +16,8 @@ def add_parser(sub) -> None:
     b = sub.add_parser(NAME, help=HELP, description=(
         "Backbone presets of every family (backbone.name / backbone.preset) with encoder parameters, tokens per "
         "clip and encoder forward TFLOPs per clip (2 x multiply-accumulates, computed from the shape; predictor "
-        "excluded). Per-frame image models (dinov2) run each frame separately. VideoMAE runs only at its own "
+        "excluded). Families: vjepa2 (V-JEPA 2 and SurgMotion), vjepa21 (V-JEPA 2.1, 384 px), videomae, and the "
+        "per-frame image models dinov2 and dinov3, which run each frame separately. VideoMAE runs only at its own "
         "clip length, so it is listed there whatever --frames says."))
     b.add_argument("--frames", type=int, default=16, help="frames per clip (default: 16)")
     b.add_argument("--json", action="store_true", help="print the full rows as JSON instead of a table")
