@@ -21,7 +21,7 @@ from cvsjepa.config import BackboneConfig
 from cvsjepa.errors import CheckpointError, ConfigError
 
 FRAMES = {"vjepa2": 4, "videomae": 4, "dinov2": 4, "dinov3": 4, "vjepa21": 4}  # tiny clips; VideoMAE-tiny is fixed at 4 frames
-TRAIN_FRAMES = {"vjepa2": 2, "videomae": 4, "dinov2": 2}  # fewer JPEGs to decode in the CLI runs
+TRAIN_FRAMES = {"vjepa2": 2, "videomae": 4, "dinov2": 2, "vjepa21": 2, "dinov3": 2}  # fewer JPEGs to decode in the CLI runs
 
 
 @pytest.fixture(autouse=True)
@@ -224,7 +224,8 @@ def test_train_one_epoch(synth_root, tmp_path, name, layers):
         assert saved["backbone"]["layers"] == [0, 1] and saved["backbone"]["num_levels"] == 2
 
 
-@pytest.mark.parametrize("name, layers", [("videomae", None), ("dinov2", None), ("vjepa2", "[0,1]")])
+@pytest.mark.parametrize("name, layers", [("videomae", None), ("dinov2", None), ("vjepa2", "[0,1]"),
+                                         ("vjepa21", "[0,1]")])
 def test_extract_then_train_from_the_store(synth_root, tmp_path, name, layers):
     store = tmp_path / "store"
     assert main(["extract", *_args(name, synth_root, tmp_path / "x", layers), f"features.store={store}",
