@@ -343,10 +343,10 @@ def test_dry_run_counts_the_released_vitl_shape(capsys):
     """`cvsjepa train configs/exp2_vjepa21_vitl.yaml --dry-run` with no weights on disk: a random
     model of the preset's shape, whose backbone parameters are the released ViT-L's."""
     from cvsjepa.config import load_config
-    from cvsjepa.train import loop
+    from cvsjepa.train.build import dry_run
 
     cfg = load_config("configs/exp2_vjepa21_vitl.yaml", ["backbone.preset=vitl-2layers"])
-    info = loop.dry_run(cfg)
+    info = dry_run(cfg)
     assert info["backbone"].startswith("vjepa21-vitl-2layers (random weights)")
     assert info["total_params"] - info["trainable_breakdown"]["head"] == released_encoder_params(1024, 2, 16, 4.0, 2)
 
