@@ -20,8 +20,9 @@ from cvsjepa.cli import main
 from cvsjepa.config import BackboneConfig
 from cvsjepa.errors import CheckpointError, ConfigError
 
-FRAMES = {"vjepa2": 4, "videomae": 4, "dinov2": 4, "dinov3": 4, "vjepa21": 4}  # tiny clips; VideoMAE-tiny is fixed at 4 frames
-TRAIN_FRAMES = {"vjepa2": 2, "videomae": 4, "dinov2": 2, "vjepa21": 2, "dinov3": 2}  # fewer JPEGs to decode in the CLI runs
+# tiny clips (VideoMAE-tiny is fixed at 4 frames); fewer frames, fewer JPEGs to decode in the CLI runs
+FRAMES = {"vjepa2": 4, "videomae": 4, "dinov2": 4, "dinov3": 4, "vjepa21": 4}
+TRAIN_FRAMES = {"vjepa2": 2, "videomae": 4, "dinov2": 2, "vjepa21": 2, "dinov3": 2}
 
 
 @pytest.fixture(autouse=True)
@@ -239,8 +240,8 @@ def test_extract_then_train_from_the_store(synth_root, tmp_path, name, layers):
 # ------------------------------------------------------------------ FLOPs, counted independently
 def _flop_model(family: str, name: str, depth: int):
     """(model, run) for ``family``/``name`` with ``depth`` blocks, on the meta device (shapes only)."""
-    from transformers import (DINOv3ViTModel, Dinov2Model, VideoMAEConfig, VideoMAEModel, VJEPA2Config,
-                              VJEPA2Model)
+    from transformers import (DINOv3ViTConfig, DINOv3ViTModel, Dinov2Config, Dinov2Model, VideoMAEConfig,
+                              VideoMAEModel, VJEPA2Config, VJEPA2Model)
 
     from cvsjepa.backbones import dinov2, dinov3, videomae, vjepa2_presets, vjepa21_model, vjepa21_presets
 
@@ -256,9 +257,9 @@ def _flop_model(family: str, name: str, depth: int):
         model = VideoMAEModel(VideoMAEConfig(**{**videomae.PRESETS[name], "num_hidden_layers": depth}))
         return model, lambda x: model(pixel_values=x)
     if family == "dinov2":
-        model = Dinov2Model(dinov2.preset_config(name).__class__(**{**dinov2.PRESETS[name], "num_hidden_layers": depth}))
+        model = Dinov2Model(Dinov2Config(**{**dinov2.PRESETS[name], "num_hidden_layers": depth}))
         return model, lambda x: model(pixel_values=x.flatten(0, 1))
-    model = DINOv3ViTModel(dinov3.preset_config(name).__class__(**{**dinov3.PRESETS[name], "num_hidden_layers": depth}))
+    model = DINOv3ViTModel(DINOv3ViTConfig(**{**dinov3.PRESETS[name], "num_hidden_layers": depth}))
     return model, lambda x: model(pixel_values=x.flatten(0, 1))
 
 
@@ -287,7 +288,8 @@ def test_listed_flops_match_an_independent_count(families):
     assert {r["family"] for r in rows} == set(families)
     for r in rows:
         counted = counted_flops(r)
-        assert abs(r["flops_per_clip"] - counted) / counted < 0.01, (r["family"], r["name"], r["flops_per_clip"], counted)
+        assert abs(r["flops_per_clip"] - counted) / counted < 0.01, (r["family"], r["name"], r["flops_per_clip"],
+                                                                      counted)
 
 
 # ------------------------------------------------------------------ module structure

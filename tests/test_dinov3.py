@@ -69,7 +69,8 @@ class OriginalDinov3(nn.Module):
         d = s["hidden"]
         self.s = s
         self.patch_embed = nn.Conv2d(3, d, s["patch"], s["patch"])
-        self.cls_token, self.storage_tokens = nn.Parameter(torch.zeros(1, 1, d)), nn.Parameter(torch.zeros(1, s["registers"], d))
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, d))
+        self.storage_tokens = nn.Parameter(torch.zeros(1, s["registers"], d))
         self.mask_token = nn.Parameter(torch.zeros(1, d))
         self.blocks = nn.ModuleList(Block3(d, s["heads"], s["mlp"]) for _ in range(s["layers"]))
         self.norm = nn.LayerNorm(d, eps=1e-5)

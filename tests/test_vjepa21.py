@@ -283,9 +283,11 @@ def _refused(path, name="vjepa21") -> str:
 
 
 @pytest.mark.parametrize("edit, needles", [
-    (lambda sd: sd.pop("module.backbone.blocks.1.attn.qkv.bias"), ["missing 1 encoder weights", "blocks.1.attn.qkv.bias"]),
+    (lambda sd: sd.pop("module.backbone.blocks.1.attn.qkv.bias"),
+     ["missing 1 encoder weights", "blocks.1.attn.qkv.bias"]),
     (lambda sd: sd.pop("module.backbone.norms_block.0.weight"), ["missing", "norms_block.0.weight"]),
-    (lambda sd: sd.update({"module.backbone.cls_token": torch.zeros(1, 1, 96)}), ["not part of a V-JEPA 2.1", "cls_token"]),
+    (lambda sd: sd.update({"module.backbone.cls_token": torch.zeros(1, 1, 96)}),
+     ["not part of a V-JEPA 2.1", "cls_token"]),
     (lambda sd: sd.update({"module.backbone.blocks.0.attn.proj.weight": torch.zeros(96, 48)}),
      ["wrong shapes", "blocks.0.attn.proj.weight (96, 48)"]),
     (lambda sd: sd.update({"module.backbone.blocks.0.mlp.fc3.weight": torch.zeros(96, 96)}), ["SwiGLU", "fc3"]),

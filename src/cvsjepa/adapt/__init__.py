@@ -92,10 +92,10 @@ def apply_adaptation(backbone: nn.Module, cfg: AdaptConfig, mode: str | None = N
 def add_lora(backbone: nn.Module, cfg: AdaptConfig) -> None:
     from peft import LoraConfig, get_peft_model
 
+    targets = lora_target_regex(cfg.lora_targets, getattr(backbone, "attention_modules", None),
+                                getattr(backbone, "blocks_path", "encoder.layer"))
     lora_cfg = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                          target_modules=lora_target_regex(cfg.lora_targets, getattr(backbone, "attention_modules", None),
-                                                           getattr(backbone, "blocks_path", "encoder.layer")),
-                          bias="none")
+                          target_modules=targets, bias="none")
     try:
         with warnings.catch_warnings():  # peft probes a deprecated transformers attribute
             warnings.simplefilter("ignore", FutureWarning)

@@ -47,7 +47,8 @@ WHAT = "V-JEPA 2.1 encoder"
 
 def _top_map(num_norms: int) -> dict[str, str]:
     """Original -> converted module names outside the blocks (for renaming and for messages)."""
-    m = {"patch_embed.proj": "encoder.embeddings.patch_embeddings.proj", f"norms_block.{num_norms - 1}": "encoder.layernorm"}
+    m = {"patch_embed.proj": "encoder.embeddings.patch_embeddings.proj",
+         f"norms_block.{num_norms - 1}": "encoder.layernorm"}
     m.update({f"norms_block.{j}": f"hierarchical_norms.{j}" for j in range(num_norms - 1)})
     return m
 

@@ -78,7 +78,9 @@ def _weights(name: str) -> str:
     if name == "tiny":
         return "random (built in)"
     r = RELEASES[name]
-    return f"local HF dir (e.g. {r.hf_repo}) or Meta {r.files}" if r.hf_repo else f"{r.files}, or its cvsjepa convert dir"
+    if r.hf_repo:
+        return f"local HF dir (e.g. {r.hf_repo}) or Meta {r.files}"
+    return f"{r.files}, or its cvsjepa convert dir"
 
 
 def list_vjepa2_presets(num_frames: int = 16) -> list[dict[str, Any]]:
@@ -186,7 +188,8 @@ def build_vjepa2(cfg: BackboneConfig, device: torch.device | str | None = None) 
                                       preset=info["preset"])
         else:
             model = load_hf_model(cfg.path, cfg.attn_implementation)
-            name = match_preset(model.config, prefer=(cfg.preset, str(_hf.read_conversion_note(cfg.path).get("preset", ""))))
+            noted = str(_hf.read_conversion_note(cfg.path).get("preset", ""))  # vitg vs surgmotion-vitg
+            name = match_preset(model.config, prefer=(cfg.preset, noted))
             backbone = VJEPA2Backbone(model, path=cfg.path, is_random=False, requested_preset=cfg.preset,
                                       layers=cfg.layers, preset=name)
         if backbone.preset != cfg.preset:

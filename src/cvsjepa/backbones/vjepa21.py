@@ -113,10 +113,10 @@ class VJEPA21Backbone(Backbone):
         d = super().describe()
         c = self.config
         grid = self.crop_size // self.patch_size
+        rope = (f"2.1 pairing (repeat_interleave); row/column positions x {c.rope_pretrained_grid - 1}/{grid - 1}"
+                if c.rope_interpolate else "2.1 pairing (repeat_interleave), positions not rescaled")
         d.update(params_scope=PARAMS_SCOPE, num_heads=int(c.num_attention_heads), mlp_ratio=float(c.mlp_ratio),
-                 frames_per_clip=int(c.frames_per_clip), hierarchical_layers=list(self.hierarchical_layers),
-                 rope=("2.1 pairing (repeat_interleave); row/column positions x "
-                       f"{c.rope_pretrained_grid - 1}/{grid - 1}" if c.rope_interpolate else "2.1 pairing, not rescaled"),
+                 frames_per_clip=int(c.frames_per_clip), hierarchical_layers=list(self.hierarchical_layers), rope=rope,
                  preset_requested=self.requested_preset, attn_implementation=str(c._attn_implementation),
                  source=self.source)
         if self.source == "meta_checkpoint":

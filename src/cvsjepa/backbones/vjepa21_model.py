@@ -133,4 +133,5 @@ class VJEPA21Model(VJEPA2PreTrainedModel):
         return self.encoder.layernorm if j == len(levels) - 1 else self.hierarchical_norms[j]
 
     def forward(self, pixel_values_videos: Tensor, **kwargs) -> BaseModelOutput:
-        return BaseModelOutput(last_hidden_state=self.encoder(pixel_values_videos=pixel_values_videos).last_hidden_state)
+        tokens = self.encoder(pixel_values_videos=pixel_values_videos).last_hidden_state
+        return BaseModelOutput(last_hidden_state=tokens)
