@@ -290,32 +290,3 @@ def test_listed_flops_match_an_independent_count(families):
         counted = counted_flops(r)
         assert abs(r["flops_per_clip"] - counted) / counted < 0.01, (r["family"], r["name"], r["flops_per_clip"],
                                                                       counted)
-
-
-# ------------------------------------------------------------------ module structure
-def test_no_import_cycle_between_backbone_modules():
-    """Every import between files of backbones/ (module level or inside a function) goes one way."""
-    import ast
-    from pathlib import Path
-
-    pkg = Path(__file__).resolve().parent.parent / "src" / "cvsjepa" / "backbones"
-    names = {p.stem for p in pkg.glob("*.py")}
-    graph = {}
-    for p in pkg.glob("*.py"):
-        deps = set()
-        for node in ast.walk(ast.parse(p.read_text())):
-            if isinstance(node, ast.ImportFrom) and node.level == 1:
-                if node.module:
-                    deps.add(node.module.split(".")[0])
-                else:
-                    deps |= {a.name for a in node.names}
-        graph[p.stem] = deps & names - {p.stem}
-    assert graph["meta"] and "vjepa2" not in graph["meta"] and "meta_format" in graph["meta21"]
-
-    def visit(node, path):
-        assert node not in path, f"import cycle: {' -> '.join(path + [node])}"
-        for dep in graph[node]:
-            visit(dep, path + [node])
-
-    for start in graph:
-        visit(start, [])
