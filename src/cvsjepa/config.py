@@ -360,6 +360,8 @@ def validate(cfg: RunConfig) -> None:
     for key in positive:
         if flat[key] < 1:
             raise ConfigError(f"{key} must be >= 1, got {flat[key]}")
+    if cfg.train.threads < 0:
+        raise ConfigError(f"train.threads must be >= 0 (0 = chosen from the usable cores), got {cfg.train.threads}")
     if cfg.train.lr <= 0:
         raise ConfigError(f"train.lr must be > 0, got {cfg.train.lr}")
     if cfg.loss.pos_weight and len(cfg.loss.pos_weight) != 3:

@@ -3,13 +3,25 @@
 Every write goes to a temporary file in the same folder, is flushed and fsync'ed, then renamed
 over the target (``os.replace`` is atomic on POSIX). A crash mid-write leaves a ``.tmp-*`` file
 that nothing reads, never a truncated file with the real name.
+
+File modes: ``mkstemp`` creates its file 0600 whatever the umask (and so does safetensors'
+``save_file``); the written file is given the mode an ordinary ``open()`` would (``0666 & ~umask``:
+0644 under the usual 022) before it gets its name, so lab-mates can read runs and shared feature
+stores exactly as the umask allows (:func:`apply_umask`, also for folders other libraries write).
+
+A full disk surfaces differently in each writer: ``OSError(ENOSPC)`` from Python, a
+``SafetensorError`` naming "os error 28" from safetensors, and from ``torch.save`` a bare
+``RuntimeError`` ("unexpected pos ...") that does not mention the disk at all. Every failed write
+is therefore checked against the free space left where it was written (:func:`_is_disk_full`).
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Callable
@@ -36,6 +48,7 @@ def atomic_write(path: Path, write: Callable[[Path], None], disk_full: str = "")
     tmp = Path(tmp_name)
     try:
         write(tmp)
+        apply_umask(tmp)  # after writing: safetensors replaces the file with its own (0600)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -44,15 +57,58 @@ def atomic_write(path: Path, write: Callable[[Path], None], disk_full: str = "")
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
-    except OSError as e:
+    except Exception as e:
+        full = _is_disk_full(e, path.parent)  # before the temporary file gives its space back
         tmp.unlink(missing_ok=True)
-        if e.errno == 28:  # ENOSPC
+        if full:
             raise DiskFullError(disk_full or f"disk full while writing {path}; the previous version (if any) "
                                              f"is intact. Free space and run again.") from e
         raise
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+_DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+_DISK_FULL_TEXT = ("no space left", "os error 28", "disk quota", "os error 122")
+LOW_SPACE_BYTES = 1 << 20  # a write that failed with less than this left on its file system ran out of space
+
+
+def _is_disk_full(e: Exception, folder: Path) -> bool:
+    """Whether a failed write ran out of space: its errno, its message, or (torch, whose error says
+    nothing about the disk) less than :data:`LOW_SPACE_BYTES` free where it was writing."""
+    if isinstance(e, OSError) and e.errno in _DISK_FULL_ERRNOS:
+        return True
+    if any(t in str(e).lower() for t in _DISK_FULL_TEXT):
+        return True
+    try:
+        return shutil.disk_usage(folder).free < LOW_SPACE_BYTES
+    except OSError:
+        return False
+
+
+def current_umask() -> int:
+    """The process umask, read without changing it where the kernel reports it (Linux >= 4.7)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)  # elsewhere: set and restore (the only portable way to read it)
+    os.umask(mask)
+    return mask
+
+
+def apply_umask(path: Path) -> None:
+    """Give a file, or a folder and everything in it, written by another library the mode ``open()``
+    and ``mkdir`` would give under the umask (0644 / 0755 under 022): ``tempfile.mkdtemp`` makes
+    folders 0700 and safetensors (>= 0.8, also inside ``save_pretrained``) writes files 0600."""
+    mask = current_umask()
+    path = Path(path)
+    for p in [path, *(path.rglob("*") if path.is_dir() else [])]:
+        if not p.is_symlink():
+            os.chmod(p, (0o777 if p.is_dir() else 0o666) & ~mask)
 
 
 def atomic_write_text(path: Path, text: str) -> None:
