@@ -2,13 +2,17 @@
 
     from cvsjepa import CVSModel
     m = CVSModel.from_run("runs/exp2")            # or "runs/exp2/checkpoints/best"
+    m = CVSModel.from_run("runs/exp2", backbone_path="/models/vjepa2-vitl")  # the backbone moved since training
     tl = m.predict_video("case_042.mp4")         # a Timeline: tl.times, tl.probs [T, 3], tl.cvs_reached_at
     tl.save("case_042_timeline")                 # timeline.csv, timeline.json, timeline.png
     probs = m.predict_clip(frames)               # uint8 [T, H, W, 3], or preprocessed [T, 3, crop, crop]
 
 A checkpoint directory (``model.safetensors`` + ``config.json``, as ``train`` writes into
 ``RUN/checkpoints/best``) is all that is needed: the backbone is rebuilt from the recorded config
-(a random preset, or the local weights directory it names). Thresholds, first found wins:
+(a random preset, or the local weights directory it names, or ``backbone_path`` when it moved: the
+weights are recognised by their fingerprint, not their path). Every file's sha256 is checked on
+load, and a non-finite probability is a :class:`~cvsjepa.errors.CheckpointError` naming the
+checkpoint, never a result. Thresholds, first found wins:
 
 1. ``RUN/thresholds.json`` (written by ``cvsjepa evaluate``): ``{"thresholds": [t1, t2, t3]}``, a
    ``{"C1": t1, ...}`` mapping (under ``"thresholds"`` or at the top), or a plain list;
@@ -33,7 +37,7 @@ import numpy as np
 import torch
 
 from .criteria import CRITERIA
-from .checkpoint import load_classifier
+from .checkpoint import check_probabilities, load_classifier
 from .data.transforms import preprocess_frames
 from .errors import CheckpointError
 from .io import atomic_write_json
@@ -61,12 +65,13 @@ class CVSModel:
     # ------------------------------------------------------------------ loading
     @classmethod
     def from_run(cls, path: str | Path, device: str | torch.device = "auto",
-                 thresholds: list[float] | None = None) -> "CVSModel":
-        """Load from a run directory or a checkpoint directory; ``thresholds`` overrides the files."""
+                 thresholds: list[float] | None = None, backbone_path: str | Path | None = None) -> "CVSModel":
+        """Load from a run directory or a checkpoint directory; ``thresholds`` overrides the files;
+        ``backbone_path``: where the backbone weights are now, if they moved since training."""
         run_dir, ckpt_dir = locate_checkpoint(Path(path))
         device = resolve_device(device)
         configure_threads()
-        model, cfg, meta = load_classifier(ckpt_dir, device=device)
+        model, cfg, meta = load_classifier(ckpt_dir, device=device, backbone_path=backbone_path)
         if thresholds is not None:
             found, source = _validate(thresholds, "thresholds argument"), "given"
         else:
@@ -96,6 +101,7 @@ class CVSModel:
 
     def describe(self) -> dict:
         return {"checkpoint": str(self.checkpoint_dir), "backbone": self.model.backbone.name,
+                "backbone_path": self.cfg.backbone.path,
                 "crop": self.crop, "frames": self.frames, "stride": self.stride, "training_fps": self.fps,
                 "thresholds": list(self.thresholds), "threshold_source": self.threshold_source,
                 "device": str(self.device)}
@@ -130,7 +136,7 @@ class CVSModel:
         with torch.no_grad(), torch.autocast(self.device.type, dtype=torch.bfloat16,
                                              enabled=self.device.type == "cuda"):
             logits = self.model({"video": video}).float()
-        return torch.sigmoid(logits).cpu()
+        return check_probabilities(torch.sigmoid(logits).cpu(), self.checkpoint_dir)
 
     def predict_video(self, path: str | Path, fps: float | None = None, consecutive: float = 3.0,
                       batch_size: int = 8, progress: bool = False) -> Timeline:

@@ -24,6 +24,7 @@ class Reopen:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     batch_size: int | None = None  # clips per forward; None: the run's train.batch_size
     progress: bool = True  # progress bars
+    backbone_path: str | None = None  # the backbone weights, when they moved since training (checked by fingerprint)
 
     def torch_device(self) -> torch.device:
         return resolve_device(self.device)
@@ -52,5 +53,5 @@ def load_run(run_dir: str | Path, reopen: Reopen = Reopen(), device: torch.devic
     """``(model, cfg, meta)`` of a run's best checkpoint in eval mode, relocated per ``reopen``."""
     ckpt = RunDir.open(run_dir).require_best()
     configure_threads()
-    model, cfg, meta = load_classifier(ckpt, device or reopen.torch_device())
+    model, cfg, meta = load_classifier(ckpt, device or reopen.torch_device(), backbone_path=reopen.backbone_path)
     return model, _relocate(cfg, reopen, run_dir), meta

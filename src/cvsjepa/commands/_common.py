@@ -36,7 +36,14 @@ def add_reopen_args(parser) -> None:
     parser.add_argument("--data-root", default=None, help="dataset root, if it moved since training")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
     parser.add_argument("--batch-size", type=int, default=None, help="clips per forward (default: the run's)")
+    add_backbone_path_arg(parser)
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def add_backbone_path_arg(parser) -> None:
+    parser.add_argument("--backbone-path", default=None, metavar="DIR",
+                        help="where the run's backbone weights are now, if they moved since training (a local "
+                             "weights directory or Meta .pt); recognised by their fingerprint, not their path")
 
 
 def reopen_from_args(args):
@@ -46,7 +53,7 @@ def reopen_from_args(args):
     if args.batch_size is not None and args.batch_size < 1:
         raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
     return Reopen(data_root=args.data_root, device=args.device, batch_size=args.batch_size,
-                  progress=not args.no_progress)
+                  progress=not args.no_progress, backbone_path=args.backbone_path)
 
 
 def fmt_cell(v) -> str:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from ._common import add_backbone_path_arg
+
 NAME = "predict"
 HELP = "CVS timeline (per-second probabilities, plot, first time CVS is reached) for a video"
 
@@ -41,6 +43,7 @@ def add_parser(sub) -> None:
                    help="decision thresholds for C1 C2 C3 (default: the run's thresholds.json, else chosen on "
                         "its val predictions, else 0.5)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
+    add_backbone_path_arg(p)
     p.add_argument("--no-plot", action="store_true", help="skip timeline.png")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run)
@@ -58,7 +61,8 @@ def run(args) -> int:
         raise ConfigError(f"--fps must be > 0, got {args.fps}")
     source = Path(args.input)
     out = Path(args.out) if args.out else Path(f"{source.name.rsplit('.', 1)[0] or source.name}_timeline")
-    model = CVSModel.from_run(Path(args.run), device=args.device, thresholds=args.thresholds)
+    model = CVSModel.from_run(Path(args.run), device=args.device, thresholds=args.thresholds,
+                              backbone_path=args.backbone_path)
     timeline = model.predict_video(source, fps=args.fps, consecutive=args.consecutive,
                                    batch_size=args.batch_size, progress=not args.no_progress)
     if args.format == "sages2024":
