@@ -224,7 +224,7 @@ def test_thresholds_never_see_test_labels(run_dir, synth_root, tmp_path, evaluat
     shutil.copytree(run_dir, copy)
     res = evaluate_run(copy, EvalOptions("test", bootstrap=0), Reopen(data_root=str(flipped), progress=False))
     # the test labels really changed (so a leak would move the thresholds) ...
-    test_csv = list(csv.DictReader(open(copy / "predictions_test.csv")))
+    test_csv = list(csv.DictReader(open(res.files["predictions_test"])))  # other data: its own, tagged file
     orig_csv = list(csv.DictReader(open(run_dir / "predictions_test.csv")))
     assert all(int(a["label_C1"]) == 1 - int(b["label_C1"]) for a, b in zip(test_csv, orig_csv))
     probs = torch.tensor([[float(r[f"prob_C{i}"]) for i in (1, 2, 3)] for r in orig_csv])

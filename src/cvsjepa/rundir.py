@@ -15,7 +15,8 @@
     checkpoints/resume-eNNNN.pt the resume state after epoch NNNN (one file: weights, optimizer, RNG, ...)
     checkpoints/resume.json     names the complete resume file and its sha256; written after it
     eval_<split>[_tag].json, thresholds[_tag].json, pr_curves_<split>[_tag].png,
-    reliability_<split>[_tag].png, predictions_<split>[_tag].csv   (``cvsjepa evaluate``)
+    reliability_<split>[_tag].png, predictions_<split>[_tag].csv   (``cvsjepa evaluate``; on other data
+                                the tag always starts with data_tag(root), so the run's own files stay)
     diagnose/                   (``cvsjepa diagnose``)
 
 Resume state is one atomic unit: the epoch's file is written whole (temp + fsync + rename), then the
@@ -27,6 +28,7 @@ last consistent epoch and says so; a file whose hash differs from its manifest i
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import logging
@@ -90,6 +92,14 @@ def pr_curves_file(split: str, tag: str = "") -> str:
 
 def reliability_file(split: str, tag: str = "") -> str:
     return f"reliability_{split}{_sfx(tag)}.png"
+
+
+def data_tag(root: str | Path) -> str:
+    """File-name tag of an evaluation on another dataset than the run's: ``data-<folder>-<6 hex>``
+    (the hex, of the absolute path, keeps two folders of the same name apart)."""
+    resolved = Path(root).expanduser().resolve()
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "-", resolved.name).strip("-.") or "root"
+    return f"data-{name}-{hashlib.sha256(str(resolved).encode()).hexdigest()[:6]}"
 
 
 def resume_file(epoch: int) -> str:

@@ -9,6 +9,10 @@
 Thresholds never see the evaluated split's labels unless that split is val itself (then the JSON
 says so: balanced accuracy and F1 on val are optimistic). Members are run one at a time, so an
 ensemble of ViT-L runs needs the memory of one.
+
+On another dataset than the run was trained on (``--data-root`` elsewhere) every output name carries
+``rundir.data_tag(root)``: the run's own predictions and thresholds.json (which ``predict`` uses) are
+never replaced by an evaluation on other data.
 """
 
 from __future__ import annotations
@@ -28,8 +32,9 @@ from ..data.endoscapes import Sample
 from ..data.loaders import SplitData, build_splits
 from ..errors import ConfigError
 from ..io import atomic_write_json
+from ..checkpoint import check_probabilities
 from ..reopen import Reopen, load_run, run_config
-from ..rundir import BEST_DIR, RunDir, eval_file, pr_curves_file, reliability_file, thresholds_file
+from ..rundir import BEST_DIR, RunDir, data_tag, eval_file, pr_curves_file, reliability_file, thresholds_file
 from .bootstrap import bootstrap_ci
 from .calibration import ECE_BINS, reliability_bins
 from .challenge import challenge_metrics
@@ -119,6 +124,7 @@ def predict_members(runs: list[Path], roles: tuple[str, ...], tta: TTASettings, 
         for role in roles:
             tag = f"{role}" + (f" [{i + 1}/{len(runs)}]" if len(runs) > 1 else "")
             p = predict_split(model, cfg, splits[role], tta, device, reopen.batch(cfg), tag, reopen.progress)
+            check_probabilities(p.probs, Path(run) / BEST_DIR)
             if role not in summed:
                 summed[role] = p
                 continue
@@ -136,15 +142,25 @@ def undefined_on_val(val: Predictions, names: tuple[str, ...]) -> list[str]:
     return [n for c, n in enumerate(names) if pos[c] == 0 or pos[c] == len(val.labels)]
 
 
-def output_tag(tta: TTASettings, n_members: int, tag: str | None) -> str:
+def output_tag(tta: TTASettings, n_members: int, tag: str | None, other_data: str = "") -> str:
     """File-name suffix: empty for the plain setting, else e.g. ``tta3x2_ens3`` (or the user's tag),
-    so TTA or ensemble results never overwrite the plain ones."""
+    so TTA or ensemble results never overwrite the plain ones. ``other_data``: the
+    :func:`~cvsjepa.rundir.data_tag` of a dataset the run was not trained on; it always leads."""
     if tag is not None:
         if tag and not re.fullmatch(r"[A-Za-z0-9_.-]+", tag):
             raise ConfigError(f"--tag {tag!r} must be letters, digits, '_', '-' or '.' (it becomes part of file names)")
-        return tag
-    parts = ([] if tta.is_plain else [f"tta{tta.views}x{len(tta.offsets)}"]) + ([f"ens{n_members}"] if n_members > 1 else [])
-    return "_".join(parts)
+        parts = [tag] if tag else []
+    else:
+        parts = ([] if tta.is_plain else [f"tta{tta.views}x{len(tta.offsets)}"]) + (
+            [f"ens{n_members}"] if n_members > 1 else [])
+    return "_".join(([other_data] if other_data else []) + parts)
+
+
+def other_data_tag(trained_root: str, reopen: Reopen) -> str:
+    """:func:`~cvsjepa.rundir.data_tag` when ``--data-root`` names another folder than the run's, else ""."""
+    if not reopen.data_root or Path(reopen.data_root).resolve() == Path(trained_root).resolve():
+        return ""
+    return data_tag(reopen.data_root)
 
 
 def evaluate_run(run_dir: str | Path, options: EvalOptions = EvalOptions(), reopen: Reopen = Reopen()) -> EvalResult:
@@ -161,6 +177,7 @@ def evaluate_run(run_dir: str | Path, options: EvalOptions = EvalOptions(), reop
         raise ConfigError("an ensemble member is listed twice (RUN itself counts as the first member)")
     cfgs = [run_config(r, reopen) for r in runs]  # every run checked before any work
     cfg, meta = cfgs[0]
+    other_data = other_data_tag(run_config(run)[0].data.root, reopen)
     for role in ("val", split):
         role_split(cfg, role)
     names = tuple(cfg.data.criteria)
@@ -174,10 +191,10 @@ def evaluate_run(run_dir: str | Path, options: EvalOptions = EvalOptions(), reop
     thresholds = choose_thresholds(val.probs, val.labels)  # val labels only, by construction
     log.info("thresholds chosen on val (%d keyframes): %s", len(val.sample_ids),
              ", ".join(f"{n} {t:.3f}" for n, t in zip(names, thresholds)))
-    report = build_report(ev, val, thresholds, names, o.per_video, bootstrap, o.seed, progress)
+    report = build_report(ev, val, thresholds, names, o.per_video, bootstrap, o.seed, progress, split)
     report["challenge"] = challenge_report(ev, samples[split], names, o.seed)
     report = {
-        "run": str(run), "split": split, "split_name": role_split(cfg, split),
+        "run": str(run), "split": split, "split_name": role_split(cfg, split), "data_root": cfg.data.root,
         "checkpoint": {"path": str(run / BEST_DIR), "epoch": meta.get("epoch"),
                        "val_map_at_training": meta.get("val_map")},
         "backbone": (meta.get("backbone") or {}).get("name"),
@@ -192,7 +209,7 @@ def evaluate_run(run_dir: str | Path, options: EvalOptions = EvalOptions(), reop
         if len(runs) > 1 else None,
         "cvsjepa_version": __version__,
     }
-    suffix = output_tag(tta, len(runs), o.tag)
+    suffix = output_tag(tta, len(runs), o.tag, other_data)
     files = write_outputs(run, split, suffix, report, preds, thresholds, val, names, cfg)
     report["seconds"] = round(time.time() - t0, 1)
     atomic_write_json(files["json"], json_safe(report))
@@ -200,9 +217,9 @@ def evaluate_run(run_dir: str | Path, options: EvalOptions = EvalOptions(), reop
 
 
 def build_report(ev: Predictions, val: Predictions, thresholds: list[float], names: tuple[str, ...],
-                 per_video: bool, n_boot: int, seed: int, progress: bool) -> dict:
+                 per_video: bool, n_boot: int, seed: int, progress: bool, split: str = "") -> dict:
     """Metrics, bootstrap CIs, per-video aggregation and the figure data of one evaluated split."""
-    metrics = point_metrics(ev.probs, ev.labels, thresholds, names)
+    metrics = point_metrics(ev.probs, ev.labels, thresholds, names, where=split)
     pv_rows = per_video_ap(ev.probs, ev.labels, ev.video_ids, names) if per_video else None
     if pv_rows is not None:
         metrics["per_video_map"] = per_video_summary(pv_rows, names)["map"]
