@@ -27,8 +27,10 @@ class Predictions:
     probs: torch.Tensor  # [N, 3] sigmoid of the logits
     loss: float  # mean loss against the training targets (hard or soft); NaN without a loss
 
-    def ap(self) -> APResult:
-        return cvs_average_precision(self.probs, self.labels)
+    def ap(self, where: str = "") -> APResult:
+        """AP per criterion and mAP; ``where`` names the split in the warning about a criterion
+        without positives."""
+        return cvs_average_precision(self.probs, self.labels, where=where)
 
 
 def move_batch(batch: dict, device: torch.device) -> dict:

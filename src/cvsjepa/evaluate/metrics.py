@@ -51,9 +51,9 @@ def _check(scores: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, to
 
 
 def cvs_average_precision(scores: torch.Tensor, labels: torch.Tensor,
-                          names: tuple[str, ...] = CRITERIA) -> APResult:
+                          names: tuple[str, ...] = CRITERIA, where: str = "") -> APResult:
     """Per-criterion AP and mAP. ``scores`` [N, C] (probabilities or logits; AP only uses the
-    order), ``labels`` [N, C] in {0, 1}."""
+    order), ``labels`` [N, C] in {0, 1}. ``where``: the split's name, for the warning."""
     scores, labels = _check(scores, labels)
     num_labels = scores.shape[1]
     if scores.shape[0] == 0:
@@ -66,11 +66,16 @@ def cvs_average_precision(scores: torch.Tensor, labels: torch.Tensor,
     for c in range(num_labels):
         if labels[:, c].sum() == 0:
             name = names[c] if c < len(names) else str(c)
-            warnings.warn(f"criterion {name} has no positive label in this split: its AP is "
+            warnings.warn(f"criterion {name} has no positive label in {split_phrase(where)}: its AP is "
                           f"undefined (NaN) and left out of the mAP", stacklevel=2)
             ap_list[c] = math.nan
     valid = [a for a in ap_list if not math.isnan(a)]
     return APResult(tuple(ap_list), sum(valid) / len(valid) if valid else math.nan)
+
+
+def split_phrase(where: str) -> str:
+    """``"val"`` -> ``"the val split"``; ``""`` -> ``"this split"`` (warning texts name the split)."""
+    return f"the {where} split" if where else "this split"
 
 
 def prevalence(labels: torch.Tensor) -> list[float]:

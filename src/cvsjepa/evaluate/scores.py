@@ -24,7 +24,7 @@ from torchmetrics.functional.classification import binary_average_precision
 
 from ..criteria import CRITERIA
 from .calibration import ECE_BINS, brier_score, expected_calibration_error
-from .metrics import cvs_average_precision
+from .metrics import cvs_average_precision, split_phrase
 from .thresholds import balanced_accuracy
 
 FULL_CVS_SCORE = "product of the three criterion probabilities"
@@ -53,20 +53,21 @@ def nanmean(values) -> float:
 
 
 def point_metrics(probs: torch.Tensor, labels: torch.Tensor, thresholds: list[float],
-                  names: tuple[str, ...] = CRITERIA) -> dict[str, float]:
-    """The flat metric dict (keys in the module docstring). ``probs, labels [N, 3]``."""
+                  names: tuple[str, ...] = CRITERIA, where: str = "") -> dict[str, float]:
+    """The flat metric dict (keys in the module docstring). ``probs, labels [N, 3]``; ``where``:
+    the split's name, for the warnings."""
     probs = torch.as_tensor(probs, dtype=torch.float32)
     labels = torch.as_tensor(labels, dtype=torch.float32).round()
     out: dict[str, float] = {}
-    ap = cvs_average_precision(probs, labels, names)
+    ap = cvs_average_precision(probs, labels, names, where)
     out.update({f"ap_{n}": a for n, a in zip(names, ap.ap)})
     out["map"] = ap.map
     score, full = full_cvs(probs, labels)
     if full.sum() > 0:
         out["full_cvs_ap"] = float(binary_average_precision(score, full.long(), thresholds=None))
     else:
-        warnings.warn("no keyframe with all three criteria positive: full-CVS AP is undefined (NaN)",
-                      stacklevel=2)
+        warnings.warn(f"no keyframe with all three criteria positive in {split_phrase(where)}: full-CVS AP is "
+                      f"undefined (NaN)", stacklevel=2)
         out["full_cvs_ap"] = math.nan
     pred = probs >= torch.tensor(thresholds, dtype=probs.dtype)
     for c, n in enumerate(names):

@@ -118,7 +118,7 @@ def fit_stage(fit: Fit, plan: StagePlan, trainee: Trainee, resume: dict | None =
             with warnings.catch_warnings():  # a criterion without positives: warn once, not once per member
                 if j:
                     warnings.simplefilter("ignore")
-                ap = val.ap()
+                ap = val.ap("val")
             train_loss, train_map = trained[m.index]
             m.progress.rows.append({
                 "epoch": epoch, "stage": plan.stage, "train_loss": train_loss, "train_map": train_map,
@@ -207,7 +207,8 @@ def train_epoch(fit: Fit, trainee: Trainee, loader, loss_fn, optimizer, schedule
         with warnings.catch_warnings():  # a criterion without positives: warn once, not once per member
             if j:
                 warnings.simplefilter("ignore")
-            train_map = cvs_average_precision(torch.cat([p for p, _ in parts]), torch.cat([y for _, y in parts])).map
+            train_map = cvs_average_precision(torch.cat([p for p, _ in parts]), torch.cat([y for _, y in parts]),
+                                              where="train").map
         out[m.index] = (mean_loss if seen[m.index] else math.nan, train_map)
     return out
 
