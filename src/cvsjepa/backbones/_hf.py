@@ -64,6 +64,8 @@ def check_hf_dir(path: str, model_types: Iterable[str], example: str, pt_hint: s
                 f"save_pretrained(..., safe_serialization=True))") if others else ""
         raise CheckpointError(f"no model.safetensors (or model.safetensors.index.json) in backbone.path={path}"
                               f"{hint}; expected {expected}")
+    if not (p / WEIGHT_FILES[0]).is_file():
+        check_shard_index(p / WEIGHT_FILES[1])
     return p
 
 
@@ -74,6 +76,28 @@ def read_conversion_note(path: str | Path) -> dict[str, Any]:
     except (OSError, ValueError):
         return {}
     return note if isinstance(note, dict) else {}
+
+
+def check_shard_index(index: Path) -> None:
+    """A sharded checkpoint's index may name only ``.safetensors`` shards that exist: transformers
+    would follow an entry naming a ``.bin`` into ``torch.load`` (an unpickler), so it is refused here,
+    before transformers sees the directory."""
+    try:
+        weight_map = json.loads(index.read_text()).get("weight_map")
+    except (OSError, ValueError, AttributeError) as e:
+        raise CheckpointError(f"{index} is not a readable shard index ({e}); re-download or re-save the model") from e
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise CheckpointError(f"{index} has no weight_map; re-download or re-save the model")
+    shards = sorted(set(map(str, weight_map.values())))
+    unsafe = [s for s in shards if not s.endswith(".safetensors")]
+    if unsafe:
+        raise CheckpointError(f"{index} names {', '.join(unsafe[:3])}: cvsjepa reads safetensors only and never "
+                              f"unpickles a weights file; re-save the model with save_pretrained(..., "
+                              f"safe_serialization=True)")
+    missing = [s for s in shards if not (index.parent / s).is_file()]
+    if missing:
+        raise CheckpointError(f"{index} names shard(s) {', '.join(missing[:3])} that are missing from "
+                              f"{index.parent}; the download is incomplete")
 
 
 def read_model_type(path: Path) -> str:
@@ -94,8 +118,11 @@ def load_pretrained(model_cls: Any, path: Path, *, attn_implementation: str, fam
             dtype=torch.float32,  # transformers 5 defaults to the file's dtype; fp32 master weights, autocast for speed
             output_loading_info=True)
     except Exception as e:  # corrupt file, shape mismatch between config.json and weights, ...
+        why = str(e).strip()
+        if "weights_only" in why:  # never pass on torch's advice to unpickle with weights_only=False
+            why = "a weights file is a pickle, which cvsjepa never unpickles (safetensors only)"
         raise CheckpointError(f"could not load {family} weights from backbone.path={path}: {type(e).__name__}: "
-                              f"{str(e).strip()[:500]} (do config.json and the safetensors belong together?)") from e
+                              f"{why[:500]} (do config.json and the safetensors belong together?)") from e
     all_missing = set(info.get("missing_keys", ()))
     optional = set(optional_missing)
     required = tuple(required)

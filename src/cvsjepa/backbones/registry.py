@@ -49,13 +49,30 @@ def build_backbone(cfg: BackboneConfig, device: torch.device | str | None = None
     """The backbone ``cfg`` describes, on ``device`` (CPU when None), in eval mode, not yet frozen.
 
     Raises ConfigError for an unknown ``backbone.name`` / ``backbone.preset``, a preset without
-    weights or ``backbone.layers`` out of range; CheckpointError for a weights path that is missing,
+    weights, ``backbone.layers`` out of range or a preset that contradicts the weights at
+    ``backbone.path`` (:func:`check_preset`); CheckpointError for a weights path that is missing,
     malformed, unsafe or incomplete.
     """
     family = FAMILIES.get(cfg.name)
     if family is None:
         raise ConfigError(f"backbone.name={cfg.name!r} is not one of {', '.join(FAMILIES)}")
-    return family.build(cfg, device)
+    backbone = family.build(cfg, device)
+    check_preset(cfg, backbone)
+    return backbone
+
+
+DEFAULT_PRESET = BackboneConfig().preset
+
+
+def check_preset(cfg: BackboneConfig, backbone: Backbone) -> None:
+    """With ``backbone.path`` set the weights decide the shape. A preset left at its default
+    (``vitl``, as ``configs/base.yaml`` and the README's ``backbone.path=...`` leave it) defers to
+    them; any other preset is a statement about the weights, and a contradiction is refused rather
+    than recorded wrongly. Callers record ``backbone.preset`` as loaded (``train/build.py``)."""
+    if cfg.path and cfg.preset not in (backbone.preset, DEFAULT_PRESET):
+        raise ConfigError(f"backbone.preset={cfg.preset} contradicts backbone.path={cfg.path}, which holds a "
+                          f"{backbone.preset}-shaped {cfg.name} model: drop backbone.preset (the weights' shape is "
+                          f"used and recorded) or point backbone.path at {cfg.preset} weights")
 
 
 def list_presets(num_frames: int = 16) -> list[dict[str, Any]]:

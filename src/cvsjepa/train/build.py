@@ -66,11 +66,21 @@ def build_model(cfg: RunConfig, device: torch.device | str = "cpu", allow_random
     return CVSClassifier(backbone, head, base_fingerprint=fingerprint, seg_head=build_seg_head(cfg, backbone)).to(device)
 
 
+def with_loaded_backbone(cfg: RunConfig, backbone) -> RunConfig:
+    """``cfg`` with ``backbone.preset`` set to the shape the weights at ``backbone.path`` have, so that
+    config.yaml, checkpoints and summaries say what was loaded (a default ``vitl`` never describes a
+    tiny model; a contradicting explicit preset was refused by ``build_backbone``)."""
+    if not cfg.backbone.path or cfg.backbone.preset == backbone.preset:
+        return cfg
+    return replace(cfg, backbone=replace(cfg.backbone, preset=backbone.preset))
+
+
 def dry_run(cfg: RunConfig) -> dict:
     """Build the model without data or training: parameter accounting for `train --dry-run`."""
     model = build_model(cfg, "cpu", allow_random=True)
     trainable, total = count_params(model)
-    return {"name": cfg.name, "backbone": model.backbone.name, "adapt": cfg.adapt.mode,
+    return {"name": cfg.name, "backbone": model.backbone.name, "backbone_preset": model.backbone.preset,
+            "adapt": cfg.adapt.mode,
             "trainable_params": trainable, "total_params": total,
             "trainable_breakdown": params_breakdown(model),
             "trainable_fraction": round(trainable / total, 5)}

@@ -27,7 +27,7 @@ from ..heads.segmentation import masked_seg_loss
 from ..model import CVSClassifier, count_params
 from ..rundir import STAGE1_BEST_DIR, RunDir
 from .build import (StagePlan, build_model, classifier_param_groups, load_data, open_run, prepare, run_log, split_labels,
-                    stage_plans)
+                    stage_plans, with_loaded_backbone)
 from .finish import finish
 from .loop import Fit, fit_stage
 from .members import Member
@@ -135,6 +135,7 @@ def train(cfg: RunConfig, progress: bool = True) -> RunResult:
     t0 = time.time()
     device = prepare(cfg)
     model = build_model(cfg, device)
+    cfg = with_loaded_backbone(cfg, model.backbone)
     splits = load_data(cfg, model.backbone.crop_size, backbone=model.backbone)
     if "train" not in splits or "val" not in splits:
         raise ConfigError("training needs data.train_split and data.val_split")

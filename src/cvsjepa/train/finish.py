@@ -30,7 +30,8 @@ def finish(fit: Fit, model: CVSClassifier, best: Member, t0: float, extra: dict 
     p = best.progress
     summary = {
         "name": cfg.name, "best_epoch": p.best_epoch, "best_stage": p.best_stage, "epochs_run": len(p.rows),
-        "backbone": model.backbone.name, "backbone_random_weights": model.backbone.is_random,
+        "backbone": model.backbone.name, "backbone_preset": model.backbone.preset,
+        "backbone_path": model.backbone.path, "backbone_random_weights": model.backbone.is_random,
         "adapt": cfg.adapt.mode, "trainable_params": trainable, "total_params": total,
         "trainable_breakdown": params_breakdown(model), "lora_adapter": has_lora(model.backbone),
         "features_store": cfg.features.store or None, "nonfinite_batches_skipped": best.skipped,
@@ -49,7 +50,7 @@ def finish(fit: Fit, model: CVSClassifier, best: Member, t0: float, extra: dict 
         if cm is not None:
             summary[f"{role}_seg"] = {"miou": cm.miou(), "constant_miou": constant_prediction_miou(cm),
                                       "iou": dict(zip(seg_class_names(cfg), cm.iou())), "pixels": cm.pixels}
-        ap = preds.ap()
+        ap = preds.ap(role)
         summary[f"{role}_map"], summary[f"{role}_ap"] = ap.map, list(ap.ap)
         summary[f"{role}_prevalence"] = prevalence(preds.labels)
         if oracle and split.index.split in oracle:

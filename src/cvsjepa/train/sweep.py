@@ -33,7 +33,7 @@ from ..evaluate.inference import predict_many
 from ..heads import build_head
 from ..model import CVSClassifier
 from ..rundir import SWEEP_FILE, RunDir, write_csv
-from .build import StagePlan, load_data, open_run, param_groups, prepare, run_log, stage_plans
+from .build import StagePlan, load_data, open_run, param_groups, prepare, run_log, stage_plans, with_loaded_backbone
 from .classifier import RunResult
 from .finish import finish
 from .loop import Fit, fit_stage
@@ -153,6 +153,7 @@ def sweep(cfg: RunConfig, progress: bool = True) -> RunResult:
     # The backbone is built (on the CPU, never run) to check the store's weights fingerprint and so
     # that the winner's checkpoint loads with `load_classifier` like any other.
     backbone = build_backbone(cfg.backbone).freeze()
+    cfg = with_loaded_backbone(cfg, backbone)
     splits = load_data(cfg, backbone.crop_size, backbone=backbone, progress=progress)
     if "train" not in splits or "val" not in splits:
         raise ConfigError("a sweep needs data.train_split and data.val_split")
