@@ -1,13 +1,16 @@
 """The research log's summary table, generated from run directories.
 
 One row per run: experiment, approach, trainable params, best val mAP, per-criterion val AP, test
-mAP, delta vs a baseline run, epochs to best, train-val gap at the best epoch.
+mAP, delta vs a baseline run, epochs to best, train-val gap at the best epoch, backbone, and the run
+directory (two runs of one experiment name are told apart by it). A run directory whose summary or
+config cannot be read is left out with a warning naming it; the table of the others is still made.
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import logging
 from pathlib import Path
 
 from .criteria import CRITERIA
@@ -15,8 +18,10 @@ from .errors import CVSJepaError
 from .io import atomic_write_text
 from .rundir import CONFIG_FILE, RunDir
 
+log = logging.getLogger("cvsjepa")
+
 COLUMNS = ["experiment", "approach", "trainable_params", "best_val_map", *[f"val_ap_{c}" for c in CRITERIA],
-           "test_map", "delta_vs_baseline", "epochs_to_best", "gap_at_best", "backbone"]
+           "test_map", "delta_vs_baseline", "epochs_to_best", "gap_at_best", "backbone", "run"]
 
 
 def read_run(run_dir: Path) -> dict:
@@ -34,13 +39,27 @@ def read_run(run_dir: Path) -> dict:
         "epochs_to_best": s.get("best_epoch"),
         "gap_at_best": s.get("train_val_gap_at_best"),
         "backbone": s.get("backbone"),
+        "run": run.name,
         "run_dir": str(run.path),
     }
 
 
+def read_runs(run_dirs: list[Path]) -> list[dict]:
+    """:func:`read_run` of each directory; a damaged one is skipped with a warning naming it (a path
+    that is not a directory at all stays an error: it is a typo, not a damaged run)."""
+    rows = []
+    for d in run_dirs:
+        RunDir.open(d)
+        try:
+            rows.append(read_run(d))
+        except CVSJepaError as e:
+            log.warning("skipping %s: %s", d, e)
+    return rows
+
+
 def runs_table(run_dirs: list[Path], baseline: str | None = None) -> list[dict]:
     """Rows in the given order; ``baseline`` is a run directory or an experiment name (default: the first)."""
-    rows = [read_run(d) for d in run_dirs]
+    rows = read_runs(run_dirs)
     if not rows:
         return rows
     base = rows[0]
