@@ -14,7 +14,10 @@ their shapes; same-shaped presets from ``--preset`` or the file name. The direct
   the format is cvsjepa's own and says so.
 
 Atomic: written to a temporary sibling directory, re-loaded and compared tensor by tensor, then
-renamed into place, so ``out`` is either absent/old or complete.
+renamed into place, so ``out`` is either absent/old or complete. ``overwrite`` replaces only an
+empty folder or one an earlier conversion wrote (it holds ``cvsjepa_conversion.json``): a user's
+folder is never deleted. The directory and its files get the umask's modes (``mkdtemp`` makes 0700,
+safetensors writes 0600), so lab-mates can read the weights.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from typing import Any, Callable
 import torch
 
 from ..errors import CheckpointError
+from ..io import apply_umask
 from . import meta, meta21, vjepa2, vjepa21
 from ._hf import CONVERSION_NOTE
 from .meta_format import family_of, names, read_state
@@ -52,10 +56,14 @@ def _family(family: str) -> tuple[Callable[..., Any], Callable[[str], Any]]:
 def convert_checkpoint(path: str | Path, out: str | Path, *, preset: str = "auto", key: str = "auto",
                        overwrite: bool = False) -> Path:
     """Write the checkpoint at ``path`` as a directory ``out``; returns ``out``. An existing ``out`` is
-    refused unless ``overwrite``. CheckpointError for anything the loaders refuse."""
+    refused unless ``overwrite``, and even then unless it is empty or an earlier conversion's.
+    CheckpointError for anything the loaders refuse."""
     out = Path(out).expanduser()
     if out.exists() and not overwrite:
         raise CheckpointError(f"{out} already exists; choose another --out or pass --overwrite")
+    if out.exists() and not _replaceable(out):
+        raise CheckpointError(f"{out} was not written by `cvsjepa convert` (it has no {CONVERSION_NOTE}), so "
+                              f"--overwrite will not delete it; choose another --out or remove it yourself")
     family = detect_family(path, key)
     load_pt, load_dir = _family(family)
     model, info = load_pt(path, preset=preset, key=key)
@@ -68,6 +76,7 @@ def convert_checkpoint(path: str | Path, out: str | Path, *, preset: str = "auto
                 "family": family, **info, "converted_by": "cvsjepa convert"}
         (tmp / CONVERSION_NOTE).write_text(json.dumps(note, indent=2) + "\n")
         (tmp / "README.md").write_text(_readme(note))
+        apply_umask(tmp)  # mkdtemp's 0700 and safetensors' 0600 would lock lab-mates out of the weights
         if out.exists():
             old = Path(tempfile.mkdtemp(prefix=f".old-{out.name}.", dir=out.parent))
             os.replace(out, old / out.name)
@@ -79,6 +88,11 @@ def convert_checkpoint(path: str | Path, out: str | Path, *, preset: str = "auto
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+def _replaceable(out: Path) -> bool:
+    """An empty folder, or the output of an earlier conversion."""
+    return out.is_dir() and (not any(out.iterdir()) or (out / CONVERSION_NOTE).is_file())
 
 
 def _token_state(model: Any, family: str) -> dict[str, torch.Tensor]:

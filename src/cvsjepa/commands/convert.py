@@ -32,7 +32,9 @@ def add_parser(sub) -> None:
                    help="which encoder to take: auto (V-JEPA 2: target_encoder, else encoder; SurgMotion: encoder "
                         "first, as its authors' probing does; V-JEPA 2.1: ema_encoder, then target_encoder, then "
                         "encoder), a top-level key such as encoder, or '' for a flat state dict (default: auto)")
-    c.add_argument("--overwrite", action="store_true", help="replace an existing --out directory")
+    c.add_argument("--overwrite", action="store_true",
+                   help="replace an existing --out directory written by an earlier `cvsjepa convert` (any other "
+                        "non-empty folder is refused, never deleted)")
     c.set_defaults(func=run)
 
 
