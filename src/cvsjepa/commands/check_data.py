@@ -13,13 +13,15 @@ HELP = "validate a dataset (frames or videos decode, labels, splits, links, mask
 def add_parser(sub) -> None:
     c = sub.add_parser(NAME, help=HELP,
                        description="Validate a dataset before a long run. Endoscapes2023: every keyframe's clip "
-                                   "frames exist and decode, labels are valid rater means, splits share no video, "
-                                   "symlinked folders are real links, masks have the right size and values, and the "
-                                   "full release's counts match the published ones. SAGES CVS Challenge 2024: every "
-                                   "labelled video decodes to the end and has at least as many frames as its labels "
-                                   "need, frame.csv/video.csv have their columns, votes are 0/1, confidences numbers, "
-                                   "and no video is in two splits. Exit status: 0 usable, 1 problems found (each "
-                                   "printed with its file), 2 the root cannot be read.")
+                                   "frames exist and decode with one size per clip, labels are valid rater means, "
+                                   "split lists name only annotated videos, splits share no video, symlinked folders "
+                                   "are real links, masks have the right size and values, and the full release's "
+                                   "counts match the published ones; a split without a positive keyframe for a "
+                                   "criterion is a warning (that criterion leaves its mAP). SAGES CVS Challenge 2024: "
+                                   "every labelled video decodes to the end and has at least as many frames as its "
+                                   "labels need, frame.csv/video.csv have their columns, votes are 0/1, confidences "
+                                   "numbers, and no video is in two splits. Exit status: 0 usable, 1 problems found "
+                                   "(each printed with its file), 2 the root cannot be read.")
     c.add_argument("root", metavar="ROOT")
     c.add_argument("--format", choices=("auto", "endoscapes", "sages2024"), default="auto",
                    help="dataset layout (default: recognised from the files, as data.format=auto)")
@@ -47,8 +49,13 @@ def run(args) -> int:
     else:
         print(f"\n{report.frames_decoded} clip frames decoded, {report.masks_checked} semseg masks and "
               f"{report.coco_masks_checked} COCO instance-mask frames checked")
+    if report.warnings:
+        print(f"\n{len(report.warnings)} warning(s):")
+        for where, what in report.warnings:
+            print(f"  {where}: {what}")
     if report.usable:
-        print("no problem found: the dataset is usable")
+        print("no problem found: the dataset is usable" if not report.warnings else
+              "the dataset is usable, with the warning(s) above")
         return 0
     print(f"\n{len(report.problems)} problem(s):")
     for where, what in report.problems:

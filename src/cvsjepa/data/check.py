@@ -1,8 +1,11 @@
 """`cvsjepa check-data ROOT`: validate a dataset before a long run.
 
-Endoscapes2023: every keyframe's clip frames exist and decode, labels are valid rater means,
-splits share no video, symlinked folders are real links, masks have the right size and values,
-and, when the root is the full Endoscapes2023, the counts per split match the published ones.
+Endoscapes2023: every keyframe's clip frames exist and decode with one size per clip, labels are
+valid rater means, split lists name only annotated videos, splits share no video, symlinked folders
+are real links, masks have the right size and values, and, when the root is the full
+Endoscapes2023, the counts per split match the published ones. A split without a positive keyframe
+for a criterion is usable but reported (warnings): that criterion's AP is undefined there and it
+leaves the mAP.
 SAGES CVS Challenge 2024: see :mod:`.sages_check` (videos decode, frame counts, CSV columns and
 values, no video in two splits). The format is recognised as for training (:mod:`.index`).
 """
@@ -14,9 +17,10 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from ..criteria import CRITERIA
 from ..errors import DataError
 from .endoscapes import SplitIndex, label_prevalence, load_split
-from .frames import frame_size, looks_like_link_placeholder, read_frame
+from .frames import clip_size_problem, frame_size, looks_like_link_placeholder, read_frame
 from .index import detect_format
 from .sages import FORMAT as SAGES
 from .masks import CocoMasks, read_semseg
@@ -30,6 +34,7 @@ LINK_FOLDERS = ("train_seg", "val_seg", "test_seg", "12_5", "25", "all")
 class CheckReport:
     rows: list[dict] = field(default_factory=list)
     problems: list[tuple[str, str]] = field(default_factory=list)  # (file or item, what is wrong)
+    warnings: list[tuple[str, str]] = field(default_factory=list)  # (split, what a run will do about it)
     frames_decoded: int = 0
     videos_decoded: int = 0  # SAGES: videos decoded to the end
     masks_checked: int = 0
@@ -65,6 +70,7 @@ def check_dataset(root: Path, splits=("train", "val", "test"), frames: int = 16,
         _decode_frames(indices, report, progress)
     _check_links(root, report)
     _check_masks(root, report, progress)
+    _check_positives(indices, report)
     for split, idx in indices.items():
         n_frames = sum(len(v) for v in idx.video_frames.values())
         rates = label_prevalence(idx.samples) if idx.samples else [float("nan")] * 3
@@ -84,14 +90,34 @@ def _check_video_overlap(indices: dict[str, SplitIndex], report: CheckReport) ->
                 report.problems.append((f"splits {a} and {b}", f"share video(s) {shared[:10]}: splits must be by video"))
 
 
+def _check_positives(indices: dict[str, SplitIndex], report: CheckReport) -> None:
+    for split, idx in indices.items():
+        if not idx.samples:
+            continue
+        for c, name in enumerate(CRITERIA):
+            if not any(s.label[c] for s in idx.samples):
+                report.warnings.append((split, f"criterion {name} has no positive keyframe: its AP is undefined, "
+                                               f"and {name} is left out of the {split} mAP"))
+
+
 def _decode_frames(indices: dict[str, SplitIndex], report: CheckReport, progress: bool) -> None:
     paths = sorted({p for idx in indices.values() for s in idx.samples for p in s.clip_paths})
+    sizes: dict = {}
     for path in tqdm(paths, desc="decoding clip frames", unit="frame", disable=not progress):
         try:
-            read_frame(path)
+            frame = read_frame(path)
+            sizes[path] = (int(frame.shape[0]), int(frame.shape[1]))
         except DataError as e:
             report.problems.append((str(path), str(e)))
     report.frames_decoded = len(paths)
+    reported = set()
+    for idx in indices.values():
+        for s in idx.samples:
+            clip = {p: sizes[p] for p in dict.fromkeys(s.clip_paths) if p in sizes}
+            problem = clip_size_problem(clip, f"the clip of keyframe {s.sample_id}", s.clip_paths[-1])
+            if problem is not None and problem[0] not in reported:  # a frame in several clips is reported once
+                reported.add(problem[0])
+                report.problems.append((str(problem[0]), str(problem[1])))
 
 
 def _check_links(root: Path, report: CheckReport) -> None:

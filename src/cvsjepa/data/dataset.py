@@ -3,7 +3,8 @@
 Frames are preprocessed one at a time and the preprocessed frame is cached (LRU keyed by path):
 consecutive keyframe clips overlap (16-s windows every 5 s), so a sequential pass decodes and
 resizes each JPEG once. Preprocessing per frame equals preprocessing the stacked clip, because
-``preprocess_frames`` treats the frames of a clip independently.
+``preprocess_frames`` treats the frames of a clip independently. The decoded size is kept with each
+frame, so a frame of another size inside a clip is refused rather than stretched.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from torch.utils.data import Dataset, default_collate
 from ..config import TargetMode
 from ..errors import DataError
 from .endoscapes import BAD_SAMPLE_POLICIES, Sample
-from .frames import read_frame
+from .frames import check_clip_sizes, read_frame
 from .transforms import preprocess_frames
 from .video_frames import FrameSource, decode_groups
 
@@ -36,6 +37,17 @@ def load_preprocessed(path: Path, crop: int) -> torch.Tensor:
 def preprocess_pixels(pixels: torch.Tensor, crop: int) -> torch.Tensor:
     """One decoded frame, uint8 ``[H, W, 3]`` -> float32 ``[3, crop, crop]`` (the one preprocessing path)."""
     return preprocess_frames(pixels.unsqueeze(0), crop)[0]
+
+
+def load_sized(path: Path, crop: int) -> tuple[torch.Tensor, tuple[int, int]]:
+    """:func:`load_preprocessed` and the decoded ``(H, W)`` of the JPEG (a clip's frames must agree)."""
+    pixels = read_frame(path)
+    return preprocess_pixels(pixels, crop), (int(pixels.shape[0]), int(pixels.shape[1]))
+
+
+def preprocess_sized(pixels: torch.Tensor, crop: int) -> tuple[torch.Tensor, tuple[int, int]]:
+    """:func:`preprocess_pixels` and the decoded ``(H, W)`` of a video frame."""
+    return preprocess_pixels(pixels, crop), (int(pixels.shape[0]), int(pixels.shape[1]))
 
 
 def sample_fields(s: Sample, target: str) -> dict:
@@ -82,8 +94,8 @@ class ClipDataset(Dataset):
         self.target = target
         self.on_bad_sample = on_bad_sample
         # A partial of a module-level function pickles for spawned workers, unlike a bound lambda.
-        self.cache = FrameSource(functools.partial(load_preprocessed, crop=crop),
-                                 functools.partial(preprocess_pixels, crop=crop), cache_frames, cache_videos)
+        self.cache = FrameSource(functools.partial(load_sized, crop=crop),
+                                 functools.partial(preprocess_sized, crop=crop), cache_frames, cache_videos)
         self.cache.need(r for s in self.samples for r in s.clip_paths)
         self.decode_groups = decode_groups(self.samples, cache_videos)  # training order that decodes videos once
 
@@ -102,9 +114,12 @@ class ClipDataset(Dataset):
         return {"video": video, **sample_fields(s, self.target)}
 
     def load_clip(self, s: Sample) -> torch.Tensor:
-        """float32 ``[T, 3, crop, crop]`` for the sample's clip (padding repeats reuse one frame)."""
+        """float32 ``[T, 3, crop, crop]`` for the sample's clip (padding repeats reuse one frame);
+        DataError when its frames differ in size."""
         frames = {p: self.cache.get(p) for p in dict.fromkeys(s.clip_paths)}
-        return torch.stack([frames[p] for p in s.clip_paths])
+        check_clip_sizes({p: hw for p, (_, hw) in frames.items()}, f"the clip of keyframe {s.sample_id}",
+                         s.clip_paths[-1])
+        return torch.stack([frames[p][0] for p in s.clip_paths])
 
 
 

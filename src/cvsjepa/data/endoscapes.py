@@ -174,6 +174,7 @@ def _load_split(root: Path, split: str, *, frames: int, stride: int, source: str
             raise DataError(f"{paths.csv} has no split column: cvsjepa assigns its rows to split '{split}' "
                             f"with {paths.vids_txt} (one video id per line), which is missing; add it, "
                             f"or provide {paths.ds_coco}")
+        _listed_but_absent(listed, set(table.rows_by_vid), paths.vids_txt, paths.csv, issues)
         keyframes = _keyframes_from_csv(table, listed, issues)
         videos = {v for v in listed if v in table.rows_by_vid}
     else:
@@ -185,6 +186,8 @@ def _load_split(root: Path, split: str, *, frames: int, stride: int, source: str
         videos = set()
 
     lists = _frame_lists(paths, keyframes, videos, tables, issues)
+    if source != "csv" and listed is not None:  # known = a keyframe or a 1 fps frame in the COCO files
+        _listed_but_absent(listed, set(lists.frames), paths.vids_txt, label_file, issues)
     samples = _build_samples(split, split_dir, keyframes, lists, frames, stride, check_frames, limit, issues)
     if issues.skipped:
         log.warning("%s: skipped %d bad entr%s (on_bad_sample=skip); first: %s — %s", split,
@@ -244,6 +247,15 @@ def _cross_check_listed(keyframes: list[Keyframe], listed: list[int] | None, vid
     if missing:
         raise DataError(f"{vids_txt} does not list video(s) {missing[:10]} that have CVS keyframes in "
                         f"{label_file}; the split lists disagree with the annotations")
+
+
+def _listed_but_absent(listed: list[int], present: set[int], vids_txt: Path, source: Path, issues: _Issues) -> None:
+    """A video a split list names but the label source does not know at all: an error (a typo in the
+    list, or a video whose annotations are missing), or under on_bad_sample=skip a recorded skip."""
+    for vid in sorted(set(listed) - present):
+        issues.report(f"video {vid} ({vids_txt})",
+                      DataError(f"{vids_txt} lists video {vid}, which {source} does not know (no keyframe or frame "
+                                f"of it); remove it from the list or add its annotations"))
 
 
 @dataclass

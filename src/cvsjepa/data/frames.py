@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import re
 import stat
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from pathlib import Path
 from typing import Callable
 
@@ -112,6 +112,29 @@ def frame_size(path: str | os.PathLike) -> tuple[int, int]:
             return int(img.height), int(img.width)
     except (OSError, ValueError, SyntaxError) as e:
         raise DataError(f"frame {path} cannot be read ({e}); the file is corrupt: re-extract it") from e
+
+
+def clip_size_problem(sizes: dict[Path, tuple[int, int]], what: str,
+                      reference: Path | None = None) -> tuple[Path, DataError] | None:
+    """The frame of a clip whose size ``(height, width)`` differs from the others, with the error that
+    names it; None when all agree. The others' size is the most common one (ties: ``reference``'s,
+    the keyframe). A frame of another size (a thumbnail, a frame from another video) would otherwise
+    be silently stretched by preprocessing."""
+    counts = Counter(sizes.values())
+    if len(counts) <= 1:
+        return None
+    ref = max(counts, key=lambda hw: (counts[hw], reference is not None and sizes.get(reference) == hw))
+    odd = next(p for p, hw in sizes.items() if hw != ref)
+    return odd, DataError(f"frame {odd} is {sizes[odd][1]}x{sizes[odd][0]} but the other frames of {what} are "
+                          f"{ref[1]}x{ref[0]} (width x height): it is damaged or does not belong there; re-extract "
+                          "it, or set data.on_bad_sample=skip to leave its clips out")
+
+
+def check_clip_sizes(sizes: dict[Path, tuple[int, int]], what: str, reference: Path | None = None) -> None:
+    """DataError naming the frame of another size (:func:`clip_size_problem`), if any."""
+    problem = clip_size_problem(sizes, what, reference)
+    if problem is not None:
+        raise problem[1]
 
 
 class FrameCache:
