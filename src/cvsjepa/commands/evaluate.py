@@ -23,7 +23,9 @@ def add_parser(sub) -> None:
                     "the majority labels; C: the minimum mAP over seeded resamples that over-represent hard "
                     "frames), printed after the table; a run's splits.json is reused, never redrawn. With --tta "
                     "or --ensemble the file names get a suffix (e.g. eval_test_tta3x2.json) so the plain results "
-                    "are never overwritten.")
+                    "are never overwritten; on another --data-root than the run's, the suffix starts with "
+                    "data-<folder>-<hash>, so the run's own predictions and thresholds.json (which predict uses) "
+                    "stay.")
     e.add_argument("run", metavar="RUN", help="run directory written by `cvsjepa train`")
     e.add_argument("--split", choices=("val", "test"), default="test",
                    help="split to score (default: test). Thresholds always come from val.")
