@@ -120,10 +120,9 @@ def test_unknown_config_key_and_missing_root(tmp_path, capsys):
 
 
 @pytest.fixture
-def finished_run(synth_root, tmp_path, capsys):
-    out = tmp_path / "run"
-    assert _train(capsys, synth_root, out)[0] == 0
-    return out
+def finished_run(run_copy):
+    """A copy of the session's finished run (faults/conftest.py): these tests damage it."""
+    return run_copy
 
 
 def test_checkpoint_with_wrong_shape_on_resume(finished_run, capsys):
