@@ -29,8 +29,60 @@ def test_shapes_and_attention(num_queries, depth):
     assert attn.shape == (B, 4, num_queries, N)
     assert torch.allclose(attn.sum(-1), torch.ones(B, 4, num_queries), atol=1e-5)
     assert (attn >= 0).all()
-    # the explicit (attention-returning) path computes the same logits as the fused SDPA path
-    assert torch.allclose(logits, logits2, atol=1e-5)
+    assert torch.equal(logits, logits2)  # asking for the weights does not change the logits
+
+
+@pytest.mark.parametrize("num_queries", [1, 3])
+def test_folded_cross_attention_is_the_textbook_one(num_queries):
+    """Keys and values folded into per-(query, head) vectors (attentive.py) give what projecting every
+    token to keys and values gives: same queries out, same attention weights, same gradients."""
+    torch.manual_seed(0)
+    head = AttentiveHead(D, num_heads=4, num_queries=num_queries, pooler_mlp_ratio=2.0, mlp_hidden=16)
+    with torch.no_grad():  # non-trivial LayerNorm affine and biases, which the fold must carry
+        for m in head.modules():
+            if isinstance(m, (torch.nn.LayerNorm, torch.nn.Linear)):
+                m.bias.normal_(0, 0.3)
+            if isinstance(m, torch.nn.LayerNorm):
+                m.weight.normal_(1, 0.3)
+    x = tokens()
+    pool = head.pool
+    query = head.query.expand(B, -1, -1)
+    out, attn_ref = pool.xattn(query, pool.norm_x(x), return_attention=True)  # textbook: keys/values of every token
+    ref = query + out
+    ref = ref + pool.mlp(pool.norm_q(ref))
+    got, attn = pool(head.query[0], x, return_attention=True)
+    torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(attn, attn_ref, atol=1e-6, rtol=1e-5)
+    params = [p for n, p in head.named_parameters() if n != "pool.xattn.k.bias"]  # softmax ignores a shift
+    g_ref = torch.autograd.grad(head.classify(ref).square().sum(), params)
+    g = torch.autograd.grad(head(x).square().sum(), params)
+    for a, b in zip(g, g_ref):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
+def test_a_head_bank_computes_each_heads_logits_and_gradients():
+    from cvsjepa.heads.bank import HeadBank
+    from cvsjepa.heads.linear import MeanPoolHead
+
+    heads = []
+    for seed, kw in enumerate([{}, {}, {"num_queries": 3}, {"depth": 2}]):
+        torch.manual_seed(seed)
+        heads.append(AttentiveHead(D, num_heads=4, mlp_hidden=16, **kw))
+    heads.append(MeanPoolHead(D))
+    bank = HeadBank(heads)
+    x = tokens().half()  # as read from the store
+    members = [0, 2, 3, 4]  # head 1 is not active
+    got = bank(x, members)
+    for i, logits in zip(members, got):
+        torch.testing.assert_close(logits, heads[i](x), atol=1e-6, rtol=1e-5)
+    sum(out.square().sum() for out in got).backward()
+    assert all(p.grad is None for p in heads[1].parameters())  # an inactive head is left alone
+    for i in members:
+        mine = [p.grad.clone() for p in heads[i].parameters()]
+        heads[i].zero_grad()
+        heads[i](x).square().sum().backward()
+        for a, p in zip(mine, heads[i].parameters()):
+            torch.testing.assert_close(a, p.grad, atol=1e-6, rtol=1e-4)
 
 
 def test_query_modes():

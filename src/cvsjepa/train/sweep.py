@@ -5,8 +5,10 @@ training loop as `cvsjepa train` (``loop.py``): each head is a *member* of the l
     from the same seed (as K separate runs with that seed would be); one AdamW with each head's
     (lr, weight decay) in its own parameter groups; the training loop's sampler, schedule, clipping
     (per head), non-finite policy (per head) and early stopping (per head)
-    each epoch: every active head trains on each batch (read once for all); val is read once and
-    scored by every head (sweep.csv); the resume state holds every head and its best weights
+    each epoch: every active head trains on each batch (read once for all, and computed together:
+    heads/bank.py shares the tokens' normalisation and attention products between the heads); val
+    is read once and scored by every head (sweep.csv); the resume state holds every head and its
+    best weights
     the winner is the head with the best val mAP (ties: the first in grid order); it alone is scored
     on test, saved as checkpoints/best and described by summary.json / metrics.csv (finish.py)
 
@@ -31,6 +33,7 @@ from ..config import RunConfig
 from ..errors import ConfigError
 from ..evaluate.inference import predict_many
 from ..heads import build_head
+from ..heads.bank import HeadBank
 from ..model import CVSClassifier
 from ..rundir import SWEEP_FILE, RunDir, write_csv
 from .build import StagePlan, load_data, open_run, param_groups, prepare, run_log, stage_plans, with_loaded_backbone
@@ -68,7 +71,8 @@ class HeadBankTrainee:
 
     def __init__(self, cfg: RunConfig, heads: list[nn.Module], run: RunDir, device: torch.device):
         self.cfg, self.run, self.device = cfg, run, device
-        self.heads = nn.ModuleList(heads)
+        self.bank = HeadBank(heads)
+        self.heads = self.bank.heads  # state-dict keys "{i}.{name}", as in resume states
         self.ddp = self.heads
         self.members = [Member(i, f"head {i} (lr {lr:g}, wd {wd:g})", lr, wd)
                         for i, (lr, wd) in enumerate(sweep_grid(cfg))]
@@ -88,8 +92,7 @@ class HeadBankTrainee:
             self.heads[m.index].train(m.active)
 
     def forward(self, batch: dict) -> list[tuple[torch.Tensor, None]]:
-        tokens = batch["tokens"].float()  # once for all heads
-        return [(self.heads[m.index](tokens), None) for m in self._active()]
+        return [(logits, None) for logits in self.bank(batch["tokens"], [m.index for m in self._active()])]
 
     def score(self, split, batch_size: int, loss_fn, desc: str):
         active = self._active()
@@ -98,8 +101,7 @@ class HeadBankTrainee:
         loader = split.loader(batch_size, False, self.cfg.data.num_workers)
 
         def logits_of(batch: dict) -> list[torch.Tensor]:
-            tokens = batch["tokens"].float()
-            return [self.heads[m.index](tokens) for m in active]
+            return self.bank(batch["tokens"], [m.index for m in active])
 
         return [(p, {}) for p in predict_many(logits_of, len(active), loader, self.device, loss_fn, desc, False)]
 
