@@ -13,6 +13,7 @@ import textwrap
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -309,24 +310,38 @@ def test_bit_flipped_shard_is_detected_and_re_extracted(store_copy, stores, synt
     assert shard_bytes(store_copy) == shard_bytes(stores["fp16"])
 
 
-def _mapped_rss_kb(path: Path) -> int:
-    """Resident kB of this process's mappings of ``path`` (from /proc/self/smaps)."""
-    total, inside = 0, False
-    for line in Path("/proc/self/smaps").read_text().splitlines():
-        if line[:1].isalnum() and "-" in line.split()[0]:  # a mapping's header line
-            inside = line.endswith(str(path))
-        elif inside and line.startswith("Rss:"):
-            total += int(line.split()[1])
-    return total
+def test_reads_are_the_shard_arrays_and_map_nothing(stores, synth_root):
+    store = FeatureStore.open(stores["fp32"])
+    reader = store.reader("train")
+    ref = torch.from_numpy(np.concatenate([np.load(path) for path, _ in store.shard_paths(["train"])]))[:, 0]
+    rows = [3, 4, 5, 9, 0, 15, 7, 8]  # runs read in one call (3-5), and 7, 8 across the two shards of 8
+    assert torch.equal(reader.read_rows(rows), ref[rows])
+    assert torch.equal(reader.read(9), ref[9])
+    paths = {str(path.resolve()) for path, _ in store.shard_paths()}
+    assert not paths & set(Path("/proc/self/maps").read_text().split())  # read, never memory-mapped
+
+    # the loader's batches: read together into one tensor each, and never overwritten while held
+    cfg = load_config(None, store_args(synth_root, stores["fp32"], "features.dtype=float32"))
+    split = open_store_splits(cfg, roles=("train",), check_weights=False)["train"]
+    held = list(split.loader(3, False, 0))
+    assert torch.equal(torch.cat([b["tokens"] for b in held]), ref[split.dataset.rows])
+    batch = held[0]
+    assert batch["tokens"].untyped_storage().data_ptr() != held[1]["tokens"].untyped_storage().data_ptr()
 
 
-@pytest.mark.skipif(not Path("/proc/self/smaps").exists(), reason="needs Linux /proc")
-def test_reading_keeps_the_mapped_shards_out_of_the_resident_set(stores):
-    reader = FeatureStore.open(stores["fp32"]).reader("train")
-    assert len({reader.read(row)[0, :4].tolist().__repr__() for row in range(len(reader))}) == len(reader)
-    paths = [s.path for s in reader.shards]
-    assert len(reader._maps) == len(paths)  # every shard is mapped ...
-    assert sum(_mapped_rss_kb(p.resolve()) for p in paths) == 0  # ... and none of it stays resident
+def test_a_batch_read_in_one_go_is_not_copied_again():
+    from cvsjepa.data.dataset import collate_skip_none, rows_of_one_tensor
+
+    batch = torch.randn(4, 5, 6)
+    joined = rows_of_one_tensor(list(batch))
+    assert joined.data_ptr() == batch.data_ptr() and torch.equal(joined, batch)
+    assert rows_of_one_tensor([batch[0], batch[2]]) is None  # not consecutive rows: stacked as usual
+    assert rows_of_one_tensor([torch.randn(5, 6), torch.randn(5, 6)]) is None
+    items = [{"tokens": batch[i], "label": torch.tensor([i])} for i in range(4)]
+    out = collate_skip_none(items)
+    assert out["tokens"].data_ptr() == batch.data_ptr() and out["label"].tolist() == [[0], [1], [2], [3]]
+    out = collate_skip_none([items[0], None, items[2]])
+    assert torch.equal(out["tokens"], batch[[0, 2]]) and out["tokens"].data_ptr() != batch.data_ptr()
 
 
 # ---- end to end: train from the store ------------------------------------------------------------------

@@ -11,7 +11,8 @@ import torch
 from cvsjepa import CRITERIA
 from cvsjepa.backbones import build_backbone
 from cvsjepa.backbones.registry import FAMILIES
-from cvsjepa.config import BackboneConfig, BackboneFamily, HeadConfig, HeadType, LossConfig, LossType
+from cvsjepa.config import BackboneConfig, BackboneFamily, HeadConfig, HeadType, LossConfig, LossType, StoreDtype
+from cvsjepa.features.encoding import ENCODINGS
 from cvsjepa.heads import HEADS, build_head
 from cvsjepa.train.losses import build_loss
 
@@ -21,6 +22,7 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 def test_registries_match_the_config_choices():
     assert set(FAMILIES) == set(get_args(BackboneFamily))
     assert set(HEADS) == set(get_args(HeadType))
+    assert set(ENCODINGS) == set(get_args(StoreDtype))
     assert {build_loss(LossConfig(type=t)).kind for t in get_args(LossType)} == set(get_args(LossType))
 
 

@@ -42,7 +42,7 @@ AdaptMode = Literal["frozen", "unfreeze", "lora"]
 Stage2Mode = Literal["unfreeze", "lora"]
 SamplerType = Literal["random", "balanced"]
 NonFinitePolicy = Literal["error", "skip"]
-StoreDtype = Literal["float16", "bfloat16", "float32"]
+StoreDtype = Literal["float16", "bfloat16", "float32", "int8", "float8_e4m3"]
 StorePool = Literal["none", "avg2x2"]
 MaskSource = Literal["auto", "semseg", "coco"]
 
@@ -153,7 +153,9 @@ class TrainConfig:
 @dataclass
 class FeaturesConfig:
     store: str = ""  # feature store folder: `cvsjepa extract` writes it, `train` reads tokens from it when set
-    dtype: StoreDtype = "float16"  # float16 | bfloat16 | float32: storage precision of the tokens
+    # how tokens are stored: float16 | bfloat16 | float32 as such; int8 | float8_e4m3 with one float32
+    # scale per token (about half of float16's bytes; read back as float32; see docs/feature_store.md)
+    dtype: StoreDtype = "float16"
     pool: StorePool = "none"  # none | avg2x2: 2x2 spatial average pooling of the token grid (4x less storage)
     views: int = 1  # deterministic spatial views per clip (1 = the center crop), for test-time augmentation
     splits: list[str] = field(default_factory=list)  # splits to extract; empty = data.train/val/test_split

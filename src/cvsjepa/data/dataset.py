@@ -134,4 +134,22 @@ def collate_skip_none(batch: list[dict | None]) -> dict | None:
     if not kept:
         log.warning("a whole batch of %d sample(s) was skipped (on_bad_sample=skip)", len(batch))
         return None
-    return default_collate(kept)
+    joined = {k: t for k, v in kept[0].items() if isinstance(v, torch.Tensor)
+              and (t := rows_of_one_tensor([b[k] for b in kept])) is not None}
+    out = default_collate([{k: v for k, v in b.items() if k not in joined} for b in kept])
+    return {**joined, **out}
+
+
+def rows_of_one_tensor(values: list[torch.Tensor]) -> torch.Tensor | None:
+    """The batch tensor ``[len(values), ...]`` when ``values`` are, in order, its consecutive rows (a
+    dataset that read the batch in one go, e.g. the feature store's ``__getitems__``); stacking them
+    would only copy it. None otherwise. Public APIs only: same storage, consecutive offsets."""
+    v0 = values[0]
+    if not v0.is_contiguous():
+        return None
+    ptr, step = v0.untyped_storage().data_ptr(), v0.numel()
+    for i, v in enumerate(values):
+        if (v.dtype != v0.dtype or v.shape != v0.shape or not v.is_contiguous()
+                or v.untyped_storage().data_ptr() != ptr or v.storage_offset() != v0.storage_offset() + i * step):
+            return None
+    return v0.new_empty(0).set_(v0.untyped_storage(), v0.storage_offset(), (len(values), *v0.shape))

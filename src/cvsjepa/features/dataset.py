@@ -13,7 +13,9 @@ from __future__ import annotations
 import dataclasses
 import logging
 
-from torch.utils.data import Dataset
+import numpy as np
+import torch
+from torch.utils.data import Dataset, get_worker_info
 
 from ..config import RunConfig
 from ..data.dataset import TARGET_MODES, sample_fields
@@ -27,6 +29,42 @@ from .store import FeatureStore, FeatureStoreError, StoreReader, check_key, clip
 log = logging.getLogger("cvsjepa")
 
 
+class BufferPool:
+    """Batch buffers handed out again once nobody holds them any more.
+
+    Why: a fresh 32 MiB tensor per batch costs a page fault per 4 KiB page (the allocator returns
+    such sizes to the OS on free), which made reading from the page cache ~4x slower than the copy
+    itself (docs/benchmarks.md). A buffer is reused only when its storage has no user but the pool
+    (the tensors a consumer still holds keep it busy), so a batch is never overwritten under a
+    consumer; when torch offers no use count, nothing is reused.
+    """
+
+    KEEP = 4  # buffers kept per shape: the batch in use, the next, and slack
+
+    def __init__(self):
+        self._free: dict[tuple, list[tuple[torch.Tensor, int]]] = {}
+
+    def take(self, shape: tuple[int, ...], dtype) -> torch.Tensor:
+        dtype = dtype if isinstance(dtype, torch.dtype) else _TORCH_OF_NUMPY[np.dtype(dtype)]
+        kept = self._free.setdefault((tuple(shape), dtype), [])
+        for buf, idle in kept:
+            if _users(buf) == idle:
+                return buf
+        buf = torch.empty(shape, dtype=dtype)
+        if _users(buf) is not None and len(kept) < self.KEEP:
+            kept.append((buf, _users(buf)))
+        return buf
+
+
+_TORCH_OF_NUMPY = {np.dtype(np.float16): torch.float16, np.dtype(np.float32): torch.float32,
+                   np.dtype(np.uint16): torch.uint16, np.dtype(np.uint8): torch.uint8}
+
+
+def _users(t: torch.Tensor) -> int | None:
+    count = getattr(torch._C, "_storage_Use_Count", None)
+    return None if count is None else count(t.untyped_storage()._cdata)
+
+
 class StoreDataset(Dataset):
     """Keyframe clips as stored tokens, with their targets.
 
@@ -35,6 +73,8 @@ class StoreDataset(Dataset):
     ``video_id`` int or str, ``frame`` int: the keys of :class:`cvsjepa.data.dataset.ClipDataset` with
     ``tokens`` in place of ``video``. A clip that failed to load at extraction
     (``data.on_bad_sample=skip``) gives ``None``, dropped by ``collate_skip_none``.
+
+    Scaled encodings (int8, float8_e4m3) are decoded to float32 here (:mod:`.encoding`).
     """
 
     def __init__(self, samples: list[Sample], reader: StoreReader, target: str = "hard", view: int | None = 0):
@@ -43,6 +83,7 @@ class StoreDataset(Dataset):
         if view is not None and not 0 <= view < reader.views:
             raise ValueError(f"view must be in 0..{reader.views - 1} (the store holds {reader.views}), got {view}")
         self.samples, self.reader, self.target, self.view = list(samples), reader, target, view
+        self._buffers = BufferPool()
         self.rows = []
         for s in self.samples:
             row = reader.row_of.get(s.sample_id)
@@ -59,12 +100,34 @@ class StoreDataset(Dataset):
         return len(self.samples)
 
     def __getitem__(self, i: int) -> dict | None:
-        s, row = self.samples[i], self.rows[i]
-        if row in self.reader.skipped_rows:
-            log.warning("skipping keyframe %s: its clip failed to load at extraction (on_bad_sample=skip)",
-                        s.sample_id)
-            return None
-        return {"tokens": self.reader.read(row, self.view), **sample_fields(s, self.target)}
+        return self.__getitems__([i])[0]
+
+    def __getitems__(self, indices: list[int]) -> list[dict | None]:
+        """A batch (DataLoader calls this with a batch's indices): the clips' tokens are read together,
+        consecutive rows in one read, into one tensor whose rows the items carry (so
+        ``collate_skip_none`` hands that tensor on without copying it)."""
+        kept = []
+        for i in indices:
+            if self.rows[i] in self.reader.skipped_rows:
+                log.warning("skipping keyframe %s: its clip failed to load at extraction (on_bad_sample=skip)",
+                            self.samples[i].sample_id)
+            else:
+                kept.append(i)
+        tokens = iter(self._read([self.rows[i] for i in kept]) if kept else ())
+        return [{"tokens": next(tokens), **sample_fields(self.samples[i], self.target)}
+                if self.rows[i] not in self.reader.skipped_rows else None for i in indices]
+
+    def _read(self, rows: list[int]) -> torch.Tensor:
+        if get_worker_info() is not None:  # the batch leaves this process: nothing to reuse
+            return self.reader.read_rows(rows, self.view)
+        shape = (len(rows), *self.reader.item_shape(self.view))
+        stored = self._buffers.take(shape, self.reader.disk_dtype)
+        out = (self._buffers.take((*shape[:-1], self.reader.layout["embed_dim"]), torch.float32)
+               if self.reader.encoding.scaled else None)
+        return self.reader.read_rows(rows, self.view, stored, out)
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_buffers": BufferPool()}
 
 
 def open_store(cfg: RunConfig, backbone=None, check_weights: bool = True) -> FeatureStore:

@@ -38,7 +38,8 @@ from ..data.video_frames import FrameSource, VideoFrame, read_pixels
 from ..errors import ConfigError, DataError
 from ..rundir import with_saved_splits, write_split_file
 from ..runtime import configure_threads, resolve_device
-from .store import DTYPES, FeatureStore, clip_hash, store_key
+from .encoding import encoding_of
+from .store import FeatureStore, clip_hash, store_key
 from .writer import RankShardWriter, StoreWriter
 from .views import MAX_VIEWS, VIEW_NAMES, preprocess_views
 
@@ -183,12 +184,6 @@ class ClipViewChunks(Dataset):
                 "video_decodes": after["video_decodes"] - before["video_decodes"]}
 
 
-def _to_numpy(tokens: torch.Tensor) -> np.ndarray:
-    if tokens.dtype == torch.bfloat16:
-        return tokens.view(torch.int16).numpy().view(np.uint16)
-    return tokens.numpy()
-
-
 def extract(cfg: RunConfig, progress: bool = True) -> ExtractResult:
     """Fill (or finish) the feature store ``cfg.features.store``; see the module docstring."""
     t_start = time.perf_counter()
@@ -272,7 +267,7 @@ def _extract(cfg: RunConfig, device, progress: bool, t_start: float) -> "Extract
 
 def _run(cfg, backbone, device, writer: StoreWriter, indices, work, total, stats: ExtractStats, progress) -> None:
     bs, views, frames = cfg.features.batch_size, cfg.features.views, cfg.data.frames
-    np_dtype, torch_dtype = DTYPES[cfg.features.dtype]
+    encoding = encoding_of(cfg.features.dtype)
     grid = backbone.token_grid(frames)
     # chunks never straddle shards, so a resumed run forwards exactly the batches an uninterrupted one does
     specs, chunks = [], []
@@ -307,15 +302,16 @@ def _run(cfg, backbone, device, writer: StoreWriter, indices, work, total, stats
             with torch.inference_mode():
                 tokens = backbone.extract(video.flatten(0, 1).to(device, non_blocking=True))
                 tokens, pooled_grid, levels = pool_tokens(tokens, grid, cfg.features.pool)
-                tokens = tokens.to(torch_dtype).cpu()
+                embed_dim = tokens.shape[-1]
+                tokens = encoding.encode(tokens)  # [B V, N, D'] on the host (features/encoding.py)
             stats.forward_s += time.perf_counter() - t0
-            tokens = _to_numpy(tokens).reshape(b, views, *tokens.shape[1:])
+            tokens = tokens.reshape(b, views, *tokens.shape[1:])
             if not layout_checked:  # a resumed store must get tokens of the layout it already holds
-                writer.set_layout(_layout(cfg, tokens, grid, pooled_grid, levels, writer.shard_clips))
+                writer.set_layout(_layout(cfg, tokens, embed_dim, grid, pooled_grid, levels, writer.shard_clips))
                 layout_checked = True
             rows = writer.shard_rows(name, k)
             if out is None:
-                out = np.zeros((len(rows), *tokens.shape[1:]), dtype=np_dtype)
+                out = np.zeros((len(rows), *tokens.shape[1:]), dtype=tokens.dtype)
             at = part.start - rows.start
             out[at:at + b] = tokens
             skipped += [at + j for j in range(b) if not bool(item["ok"][j])]
@@ -333,12 +329,12 @@ def _run(cfg, backbone, device, writer: StoreWriter, indices, work, total, stats
         bar.close()
 
 
-def _layout(cfg, tokens: np.ndarray, grid, pooled_grid, levels: int, shard_clips: int) -> dict:
-    _, v, n, d = tokens.shape
+def _layout(cfg, tokens: np.ndarray, embed_dim: int, grid, pooled_grid, levels: int, shard_clips: int) -> dict:
+    _, v, n, stored_dim = tokens.shape  # stored_dim: embed_dim (+ the scale's bytes of a scaled encoding)
     return {"dtype": cfg.features.dtype, "views": v, "view_names": list(VIEW_NAMES[:v]), "tokens_per_clip": int(n),
-            "embed_dim": int(d), "token_grid": list(pooled_grid), "levels": int(levels),
+            "embed_dim": int(embed_dim), "token_grid": list(pooled_grid), "levels": int(levels),
             "backbone_token_grid": list(grid), "pool": cfg.features.pool, "shard_clips": shard_clips,
-            "bytes_per_clip": int(v * n * d * tokens.itemsize)}
+            "bytes_per_clip": int(v * n * stored_dim * tokens.itemsize)}
 
 
 def _human(n: float) -> str:

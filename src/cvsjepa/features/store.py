@@ -6,8 +6,9 @@ Layout of a store folder::
                                       the planned sample ids, a hash of each clip's frame list,
                                       and every finished shard with its byte size and sha256
     shards/{split}/{k:05d}.npy        tokens of clips [k * shard_clips, (k + 1) * shard_clips) of
-                                      the split, shape [clips, views, N, D], the stored dtype
-                                      (bfloat16 is kept as uint16 bits; numpy has no bfloat16)
+                                      the split, shape [clips, views, N, D'], encoded as
+                                      features.dtype says (features/encoding.py: D' = D, or
+                                      D + 4 bytes of per-token scale for int8 / float8_e4m3)
     .lock                             held (flock) by the one process writing the store
 
 **Key.** Everything that changes the tokens (:func:`store_key`): the backbone's weights fingerprint
@@ -23,11 +24,11 @@ atomically) updated to list it. A crash at any point leaves the manifest listing
 checksummed shards; a resumed extraction deletes temporary files, redoes every unlisted shard and
 re-extracts a listed shard whose checksum fails.
 
-**Reading** (:class:`StoreReader`): each shard is memory-mapped once per process; reading a clip
-copies its ``N x D`` tokens out of the map and then drops the map's pages from the process with
-``madvise(MADV_DONTNEED)`` (they stay in the OS page cache), so resident memory stays flat however
-large the store (measured in docs/benchmarks_feature_store.md). Opening checks every shard's size
-(catches truncation); :meth:`FeatureStore.verify` checks the sha256 (catches any corruption).
+**Reading** (:class:`StoreReader`): ``pread`` straight into the caller's buffer, one call per run
+of consecutive rows (a whole eval batch, a whole clip), then decoding (:mod:`.encoding`). Nothing is
+memory-mapped, so resident memory stays flat however large the store (measured in
+docs/benchmarks.md). Opening checks every shard's size (catches truncation);
+:meth:`FeatureStore.verify` checks the sha256 (catches any corruption).
 """
 
 from __future__ import annotations
@@ -35,7 +36,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import mmap
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,18 +46,17 @@ import torch
 
 from ..errors import CVSJepaError
 from ..io import sha256_file
+from .encoding import encoding_of
 
 log = logging.getLogger("cvsjepa")
 
 STORE_FORMAT = "cvsjepa-feature-store"
-STORE_FORMAT_VERSION = 1
+STORE_FORMAT_VERSION = 2  # 2 adds the scaled encodings (int8, float8_e4m3); version 1 stores read as before
 # Bump when the pixels fed to the backbone change (data/transforms.py, features/views.py, clip
 # frame selection): stores written before then are refused instead of silently mixed.
 PREPROCESSING_VERSION = 1
 MANIFEST = "manifest.json"
 
-DTYPES = {"float16": (np.float16, torch.float16), "bfloat16": (np.uint16, torch.bfloat16),
-          "float32": (np.float32, torch.float32)}
 
 # Backbone description fields that shape the tokens (with the weights fingerprint).
 BACKBONE_KEY_FIELDS = ("family", "preset", "embed_dim", "crop_size", "patch_size", "tubelet_size",
@@ -289,9 +288,16 @@ def check_shard(path: Path, entry: dict, checksum: bool = True) -> None:
 
 
 class StoreReader:
-    """Random access to one complete split: ``read(row, view) -> tokens [N, D]`` (stored dtype).
+    """One complete split, read with ``pread`` into memory the caller owns.
 
-    Picklable for DataLoader workers: the memory maps are opened lazily in each process.
+    ``read(row, view) -> tokens [N, D]``; ``read_rows(rows, view) -> [len(rows), N, D]``, where each
+    run of consecutive rows of a shard is **one** read (whole batches in eval order, whole clips
+    otherwise: MiBs per call). Tokens come back decoded (:mod:`.encoding`): the stored dtype for
+    float16/bfloat16/float32, float32 for the scaled encodings.
+
+    Reads go through the page cache into the caller's buffer; nothing is memory-mapped, so the
+    process's resident memory does not grow with the store however much is read. Picklable for
+    DataLoader workers: file descriptors are opened lazily in each process.
     """
 
     def __init__(self, store: FeatureStore, split: str):
@@ -299,68 +305,97 @@ class StoreReader:
         self.root, self.split = store.root, split
         layout = self.layout = dict(store.layout)
         self.views = int(layout["views"])
-        self.np_dtype, self.torch_dtype = DTYPES[layout["dtype"]]
+        try:
+            self.encoding = encoding_of(layout["dtype"])
+        except ValueError as e:
+            raise FeatureStoreError(f"feature store {store.root}: {e}; upgrade cvsjepa") from None
+        self.disk_dtype = np.dtype(self.encoding.disk)
+        self.token_shape = (int(layout["tokens_per_clip"]), self.encoding.stored_dim(int(layout["embed_dim"])))
+        self.view_bytes = int(np.prod(self.token_shape)) * self.disk_dtype.itemsize
         self.shard_clips = int(entry["shard_clips"])
         self.shards: list[ShardInfo] = []
         skipped = []
         for k, (path, sentry) in enumerate(store.shard_paths([split])):
             check_shard(path, sentry, checksum=False)
             shape, dtype, offset = _npy_header(path)
-            want = (sentry["clips"], self.views, layout["tokens_per_clip"], layout["embed_dim"])
-            if shape != want or dtype != np.dtype(self.np_dtype):
+            want = (sentry["clips"], self.views, *self.token_shape)
+            if shape != want or dtype != self.disk_dtype:
                 raise ShardCorruptError(f"shard {path} holds {shape} {dtype}, the manifest says {want} "
-                                        f"{np.dtype(self.np_dtype)}; the store is damaged")
+                                        f"{self.disk_dtype}; the store is damaged")
             self.shards.append(ShardInfo(path, shape, offset, dtype))
             skipped += [k * self.shard_clips + r for r in sentry.get("skipped", [])]
         self.sample_ids: list[str] = list(entry["sample_ids"])
         self.clip_hashes: list[str] = list(entry["clip_hashes"])
         self.skipped_rows = set(skipped)  # clips that failed to load at extraction (on_bad_sample=skip)
         self.row_of = {sid: i for i, sid in enumerate(self.sample_ids)}
-        self._maps: dict[int, tuple[mmap.mmap, np.ndarray]] = {}
+        self._fds: dict[int, int] = {}
 
     def __len__(self) -> int:
         return len(self.sample_ids)
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
-        state["_maps"] = {}  # memory maps are per process
+        state["_fds"] = {}  # file descriptors are per process
         return state
 
-    def _array(self, k: int) -> tuple[mmap.mmap, np.ndarray]:
-        if k not in self._maps:
-            info = self.shards[k]
-            with open(info.path, "rb") as f:
-                mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-            arr = np.ndarray(info.shape, dtype=info.dtype, buffer=mm, offset=info.offset)
-            self._maps[k] = (mm, arr)
-        return self._maps[k]
+    def __del__(self) -> None:
+        self.close()
+
+    def item_shape(self, view: int | None = 0) -> tuple[int, ...]:
+        """Shape of one clip's tokens as stored: ``[N, stored_dim]``, ``[views, N, stored_dim]`` for ``view=None``."""
+        return self.token_shape if view is not None else (self.views, *self.token_shape)
 
     def read(self, row: int, view: int | None = 0) -> torch.Tensor:
         """Tokens of clip ``row``: ``[N, D]`` for one view, ``[views, N, D]`` for ``view=None``."""
-        k, r = divmod(row, self.shard_clips)
-        mm, arr = self._array(k)
-        src = arr[r] if view is None else arr[r, view]
-        out = torch.from_numpy(np.array(src))  # the copy; the map itself is never handed out
-        _drop_pages(mm)
-        return out.view(self.torch_dtype) if self.torch_dtype == torch.bfloat16 else out
+        return self.read_rows([row], view)[0]
+
+    def read_rows(self, rows: list[int], view: int | None = 0, stored: torch.Tensor | None = None,
+                  out: torch.Tensor | None = None) -> torch.Tensor:
+        """Tokens of clips ``rows`` (in that order): ``[len(rows), N, D]`` (``[.., views, N, D]`` for
+        ``view=None``). ``stored``: a contiguous CPU tensor ``[len(rows), *item_shape(view)]`` of the
+        disk dtype to read into, ``out``: a float32 one to decode a scaled encoding into (both
+        optional, for callers that reuse memory). Plain encodings return (a view of) ``stored``."""
+        shape = (len(rows), *self.item_shape(view))
+        if stored is None:
+            stored = torch.from_numpy(np.empty(shape, dtype=self.disk_dtype))
+        raw = stored.numpy()
+        if raw.shape != shape or raw.dtype != self.disk_dtype or not raw.flags.c_contiguous:
+            raise ValueError(f"stored buffer must be a contiguous {shape} {self.disk_dtype} tensor")
+        flat = raw.reshape(len(rows), -1).view(np.uint8)
+        for at, run in _runs(rows, self.shard_clips, coalesce=view is None or self.views == 1):
+            k, r = divmod(run[0], self.shard_clips)
+            first = r * self.views + (view or 0)  # in views, from the start of the shard's data
+            self._pread(k, flat[at:at + len(run)].reshape(-1), self.shards[k].offset + first * self.view_bytes)
+        return self.encoding.decode(stored, out)
+
+    def _pread(self, k: int, into: np.ndarray, offset: int) -> None:
+        fd = self._fds.get(k)
+        if fd is None:
+            fd = self._fds[k] = os.open(self.shards[k].path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        done, view = 0, memoryview(into)
+        while done < len(view):
+            n = os.preadv(fd, [view[done:]], offset + done)
+            if n <= 0:
+                raise ShardCorruptError(f"shard {self.shards[k].path} ended early (at byte {offset + done}): it "
+                                        f"was truncated after the store was opened; run the same `cvsjepa "
+                                        f"extract` again to redo it")
+            done += n
 
     def close(self) -> None:
-        self._maps.clear()
+        fds, self._fds = getattr(self, "_fds", {}), {}
+        for fd in fds.values():
+            try:
+                os.close(fd)
+            except OSError:
+                pass
 
 
-_DONTNEED = getattr(mmap, "MADV_DONTNEED", None)
-
-
-def _drop_pages(mm: mmap.mmap) -> None:
-    """Unmap every page of this shard's map from the process; the OS page cache keeps them.
-
-    Without this the resident set grows by every byte ever read, i.e. by the whole store over an
-    epoch. The whole map, not just the clip just read: the kernel maps neighbouring cached pages on
-    a fault (fault-around, large folios), and zapping a mostly unpopulated range costs microseconds.
-    """
-    if _DONTNEED is None:
-        return
-    try:
-        mm.madvise(_DONTNEED)
-    except (OSError, ValueError):  # best effort: a platform without it only costs RSS
-        pass
+def _runs(rows: list[int], shard_clips: int, coalesce: bool):
+    """``(position in rows, [row, row + 1, ...])`` for each run of consecutive rows of one shard
+    (every row on its own when not ``coalesce``)."""
+    start = 0
+    for i in range(1, len(rows) + 1):
+        if (i == len(rows) or not coalesce or rows[i] != rows[i - 1] + 1
+                or rows[i] // shard_clips != rows[start] // shard_clips):
+            yield start, rows[start:i]
+            start = i
