@@ -37,13 +37,24 @@ def tiny_overrides(synth_root, tmp_path) -> list[str]:
     return tiny_train_args(synth_root, tmp_path / "run")
 
 
-@pytest.fixture(scope="module")
-def single_thread():
-    """Tiny models: two OpenMP threads only contend (badly, on a shared 2-core machine). A module
-    opts in with ``pytestmark = pytest.mark.usefixtures("single_thread")``."""
+@pytest.fixture(scope="session", autouse=True)
+def one_thread():
+    """Every test runs one intra-op thread, and so does every process a test starts
+    (OMP_NUM_THREADS=1 is inherited): the models are tiny, and a second thread only contends with
+    the other jobs of a shared machine (measured: the demo 7x slower with 2 threads on a loaded
+    2-core machine, docs/benchmarks.md)."""
+    import os
+
     import torch
 
+    saved = {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+    os.environ.update({k: "1" for k in saved})
     n = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v

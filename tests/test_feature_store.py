@@ -43,9 +43,6 @@ def make_store(root, store, *extra):
     return extract(load_config(None, store_args(root, store, *extra)), progress=False)
 
 
-pytestmark = pytest.mark.usefixtures("single_thread")
-
-
 @pytest.fixture(scope="module")
 def stores(synth_root, tmp_path_factory):
     """fp16 (default) and fp32 stores of the same clips."""

@@ -16,9 +16,6 @@ from cvsjepa.features.encoding import ENCODINGS
 from cvsjepa.heads import HEADS, build_head
 from cvsjepa.train.losses import build_loss
 
-pytestmark = pytest.mark.usefixtures("single_thread")
-
-
 def test_registries_match_the_config_choices():
     assert set(FAMILIES) == set(get_args(BackboneFamily))
     assert set(HEADS) == set(get_args(HeadType))

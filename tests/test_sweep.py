@@ -30,9 +30,6 @@ def args(root, store, out, *extra) -> list[str]:
             "train.epochs=3", "train.patience=0", f"out={out}", *extra]
 
 
-pytestmark = pytest.mark.usefixtures("single_thread")
-
-
 @pytest.fixture(scope="module")
 def store(synth_root, tmp_path_factory):
     path = tmp_path_factory.mktemp("sweep") / "store"
@@ -119,16 +116,14 @@ def _sweep_rows(run: Path) -> list[dict]:
     return list(csv.DictReader(open(run / "sweep.csv")))
 
 
+@pytest.mark.slow  # ~45 s; the loop's resume (shared with train) runs by default in faults/test_resume.py
 def test_a_killed_sweep_resumes_exactly(store, synth_root, tmp_path):
     ref = sweep(load_config(None, args(synth_root, store, tmp_path / "ref", *PAIR)), progress=False).run_dir
     out = tmp_path / "run"
-    cli = [sys.executable, "-m", "cvsjepa"]
     killed = subprocess.run([sys.executable, str(KILLER), "3", "sweep", *args(synth_root, store, out, *PAIR),
                              "--no-progress"], capture_output=True, text=True, timeout=600)
     assert killed.returncode == -signal.SIGKILL  # 2 optimizer steps per epoch: killed in epoch 2
-    resumed = subprocess.run([*cli, "sweep", "--resume", str(out), "--no-progress"], capture_output=True, text=True,
-                             timeout=600)
-    assert resumed.returncode == 0, resumed.stderr
+    assert main(["sweep", "--resume", str(out), "--no-progress"]) == 0  # resumed here: it needs no kill
     assert _sweep_rows(out) == _sweep_rows(ref)
     a, b = (json.loads((r / "summary.json").read_text()) for r in (out, ref))
     assert (a["best_val_map"], a["test_map"], a["sweep"]["winner"]) == (b["best_val_map"], b["test_map"],

@@ -306,6 +306,7 @@ def test_average_precision_matches_sklearn():
     assert np.isnan(S.average_precision([0.1, 0.2], [0, 0]))
 
 
+@pytest.mark.slow  # ~55 s: two more datasets of PARAMS' size; test_small_datasets_... runs by default
 def test_deterministic_and_seed_dependent(ds, tmp_path):
     root, _ = ds
     again = tmp_path / "again"
@@ -323,6 +324,18 @@ def test_deterministic_and_seed_dependent(ds, tmp_path):
 
 
 TINY = dict(videos=(1, 1, 1), min_seconds=6, max_seconds=8, progress=False, workers=1)
+
+
+def test_small_datasets_are_deterministic_across_workers_and_seed_dependent(tmp_path):
+    one = S.write_synthetic_dataset(tmp_path / "one", seed=3, **TINY)
+    two = S.write_synthetic_dataset(tmp_path / "two", seed=3, **{**TINY, "workers": 2})  # another worker count
+    assert one["splits"] == two["splits"]
+    files = sorted(p.relative_to(tmp_path / "one") for p in (tmp_path / "one").rglob("*") if p.is_file())
+    assert files and all((tmp_path / "one" / f).read_bytes() == (tmp_path / "two" / f).read_bytes() for f in files)
+    other = tmp_path / "other"
+    S.write_synthetic_dataset(other, seed=4, **TINY)
+    for name in ("all_metadata.csv", "synth_truth.csv", "train/1_0.jpg"):
+        assert (other / name).read_bytes() != (tmp_path / "one" / name).read_bytes(), name
 
 
 def test_refuses_non_empty_folder(tmp_path):
