@@ -1,6 +1,6 @@
-"""Feature store benchmark: prints the figures recorded in docs/benchmarks_feature_store.md.
+"""Feature store benchmark: prints the figures recorded in docs/benchmarks.md.
 
-    python benchmarks/feature_store.py [--clips 4] [--threads 2] [--json out.json]
+    python benchmarks/feature_store.py [--only abcde] [--clips 4] [--threads 2] [--json out.json]
 
 (a) per-epoch time of training the log's head (attentive, 8 heads, MLP 512) from stored tokens vs
     with the frozen backbone in the loop, side by side, on the V-JEPA 2 ViT-L shape at 16 frames x
@@ -9,15 +9,19 @@
 (b) extraction of those clips: clips/s and the split decode / preprocess / forward / write,
     decodes per JPEG;
 (c) bytes per clip of each storage option at that shape (measured on shard files), and the peak
-    RSS of a process reading every clip of a store vs a store twice as large, with and without
-    dropping the read pages (``madvise(MADV_DONTNEED)``);
-(d) a sweep of K = 20 heads (the official 5 lr x 4 wd grid) vs 20 separate runs (K = 1 sweeps,
-    each a full run: backbone load for the store's key check, index, training, test, run
-    directory), all actually run, on a store of ViT-L avg2x2-pooled shape (512 tokens x 1024, fp16)
-    filled with RANDOM tokens for the synthetic dataset's keyframes (timing does not depend on the
-    token values).
+    RSS of a process reading every clip of a store vs a store twice as large, with the shipped
+    reader (pread into batch buffers) and with a plain memory map for comparison;
+(d) a sweep of K = 20 heads (the official 5 lr x 4 wd grid) against (1) its floor, one read of the
+    store per epoch plus K x one head's compute, both measured separately in this run, and (2) 20
+    separate runs (K = 1 sweeps, each a full run: backbone load for the store's key check, index,
+    training, test, run directory), all actually run, on a store of ViT-L avg2x2-pooled shape (512
+    tokens x 1024, fp16) filled with RANDOM tokens for the synthetic dataset's keyframes (timing
+    does not depend on the token values);
+(e) read throughput of the store (float16, int8, float8_e4m3) against the raw read rate of the
+    same bytes from the page cache (benchmarks/store_read.py).
 
-Everything runs on the CPU; nothing is downloaded. The work folder is deleted unless --keep.
+(a)-(c) share one extraction; ``--only`` picks sections. Everything runs on the CPU; nothing is
+downloaded. The work folder is deleted unless --keep.
 """
 
 from __future__ import annotations
@@ -42,11 +46,13 @@ from cvsjepa.data.loaders import build_splits
 from cvsjepa.data.synth import write_synthetic_dataset
 from cvsjepa.features import FeatureStore, StoreWriter, open_store_splits, store_key
 from cvsjepa.features.extract import extract, pool_tokens
-from cvsjepa.features.store import DTYPES, clip_hash
+from cvsjepa.features.encoding import encoding_of
+from cvsjepa.features.store import clip_hash
 from cvsjepa.heads import build_head
 from cvsjepa.model import CVSClassifier
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 MiB = 2 ** 20
 ENDOSCAPES_CLIPS = 11_090  # keyframe clips of Endoscapes2023 (all splits)
 
@@ -143,8 +149,7 @@ def derive_store(src: Path, dst: Path, dtype: str, pool: str) -> float:
             tokens = torch.stack([reader.read(r, view=None) for r in range(len(reader))]).float()  # [C, V, N, D]
             c, v, n, d = tokens.shape
             pooled, pgrid, _ = pool_tokens(tokens.view(c * v, n, d), grid, pool)
-            pooled = pooled.view(c, v, *pooled.shape[1:]).to(DTYPES[dtype][1])
-            arr = pooled.view(torch.int16).numpy().view(np.uint16) if dtype == "bfloat16" else pooled.numpy()
+            arr = encoding_of(dtype).encode(pooled.view(c, v, *pooled.shape[1:]))
             w.set_layout({**layout, "dtype": dtype, "pool": pool, "token_grid": list(pgrid),
                           "tokens_per_clip": int(arr.shape[2]), "bytes_per_clip": int(arr[0].nbytes)})
             for k in range(-(-c // layout["shard_clips"])):
@@ -172,17 +177,23 @@ def write_random_store(path: Path, clips: int, n: int, d: int, shard_clips: int 
 
 RSS_CHILD = """
 import mmap, resource, sys, time
+import numpy as np
 from torch.utils.data import DataLoader
 from cvsjepa.data.endoscapes import Sample
 from cvsjepa.data.dataset import collate_skip_none
 from cvsjepa.features import FeatureStore
-from cvsjepa.features import store as store_mod
 from cvsjepa.features.dataset import StoreDataset
-if sys.argv[2] == "keep-pages":
-    store_mod._drop_pages = lambda *a: None
+store = FeatureStore.open(sys.argv[1])
+reader = store.reader("train")
+if sys.argv[2] == "mmap":  # for comparison: tokens copied out of np.load(mmap_mode="r") maps, pages left mapped
+    maps = [np.load(p, mmap_mode="r") for p, _ in store.shard_paths(["train"])]
+    def read_rows(rows, view=0, stored=None, out=None):
+        import torch
+        return torch.stack([torch.from_numpy(np.array(maps[r // reader.shard_clips][r % reader.shard_clips, 0]))
+                            for r in rows])
+    reader.read_rows = read_rows
 def rss():  # resident set now, in bytes (anonymous + file-backed mapped pages)
     return int(open("/proc/self/statm").read().split()[1]) * mmap.PAGESIZE
-reader = FeatureStore.open(sys.argv[1]).reader("train")
 samples = [Sample(sid, 1, i, "train", (0.0, 0.0, 0.0), (0, 0, 0), (i,), ()) for i, sid in enumerate(reader.sample_ids)]
 ds = StoreDataset(samples, reader)
 loader = DataLoader(ds, batch_size=8, shuffle=True, collate_fn=collate_skip_none)
@@ -208,7 +219,8 @@ def bench_storage(work: Path, src: Path, args) -> dict:
     src_store = FeatureStore.open(src)
     n, d = src_store.layout["tokens_per_clip"], src_store.layout["embed_dim"]
     for name, dtype, pool in (("fp16", "float16", "none"), ("bf16", "bfloat16", "none"), ("fp32", "float32", "none"),
-                              ("fp16 avg2x2", "float16", "avg2x2")):
+                              ("int8", "int8", "none"), ("fp8 e4m3", "float8_e4m3", "none"),
+                              ("fp16 avg2x2", "float16", "avg2x2"), ("int8 avg2x2", "int8", "avg2x2")):
         out["bytes_per_clip"][name] = derive_store(src, work / f"derived_{dtype}_{pool}", dtype, pool)
     out["shape"] = {"tokens_per_clip": n, "embed_dim": d}
     log(f"(c) RSS while reading a store of {args.rss_clips} and {2 * args.rss_clips} clips ({n} x {d} fp16) ...")
@@ -217,14 +229,74 @@ def bench_storage(work: Path, src: Path, args) -> dict:
         path = work / f"rss_{clips}"
         write_random_store(path, clips, n, d)
         size = sum(f.stat().st_size for f in (path / "shards").rglob("*.npy"))
-        rss[clips] = {"store_mib": size / MiB, "dontneed": rss_read(path, "drop-pages"),
-                      "no_dontneed": rss_read(path, "keep-pages")}
+        rss[clips] = {"store_mib": size / MiB, "reader": rss_read(path, "reader"), "mmap": rss_read(path, "mmap")}
         shutil.rmtree(path)
     out["rss"] = rss
     return out
 
 
 # ---------------------------------------------------------------------------- (d)
+def sweep_floor(cfg, epochs: int) -> dict:
+    """What a sweep of K heads cannot go below, measured in parts: one read of the store per epoch
+    (the training loop's batches and val, moved to the device) and one head's compute over the same
+    batches already in memory (forward, loss, backward, clipping, AdamW step; val forward), as the
+    loop runs them. Floor = read_s + K x head_s."""
+    from cvsjepa.evaluate.inference import move_batch
+    from cvsjepa.train.build import make_scheduler, param_groups, stage_plans, train_loader
+    from cvsjepa.train.losses import build_loss
+
+    device = torch.device("cpu")
+    splits = open_store_splits(cfg, roles=("train", "val"), check_weights=False, verify=False)
+    plan = stage_plans(cfg)[0]
+    read_s, batches = 0.0, []
+    for epoch in range(1, epochs + 1):
+        t = time.perf_counter()
+        loader, sampler, steps = train_loader(cfg, splits["train"], plan)
+        sampler.set_epoch(epoch)
+        train = [move_batch(b, device) for b in loader]
+        val = [move_batch(b, device) for b in splits["val"].loader(plan.batch_size, False, 0)]
+        read_s += time.perf_counter() - t
+        batches.append((train, val))
+    torch.manual_seed(cfg.seed)
+    head = build_head(cfg.head, int(splits["train"].dataset.reader.layout["embed_dim"])).to(device)
+    opt = torch.optim.AdamW(param_groups([head], cfg.train.lr, cfg.train.weight_decay))
+    sched = make_scheduler(opt, steps, plan, cfg.train.min_lr_ratio)
+    loss_fn = build_loss(cfg.loss)
+    t = time.perf_counter()
+    for train, val in batches:
+        head.train()
+        for b in train:
+            loss = loss_fn(head(b["tokens"]), b["target"])
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(head.parameters(), cfg.train.grad_clip)
+            opt.step()
+            sched.step()
+            opt.zero_grad(set_to_none=True)
+            torch.sigmoid(loss.detach())  # the loop keeps each batch's probabilities: same order of work
+        head.eval()
+        with torch.no_grad():
+            for b in val:
+                loss_fn(head(b["tokens"]), b["target"])
+    return {"read_s": read_s, "head_s": time.perf_counter() - t}
+
+
+def timed_resume_saves(timing: dict):
+    """Wrap RunDir.save_resume so the sweep's resume-state writes are timed (they grow with K)."""
+    from cvsjepa.rundir import RunDir
+
+    real = RunDir.save_resume
+
+    def save(self, epoch, state):
+        t = time.perf_counter()
+        try:
+            return real(self, epoch, state)
+        finally:
+            timing["save_resume_s"] = timing.get("save_resume_s", 0.0) + time.perf_counter() - t
+
+    RunDir.save_resume = save
+    return lambda: setattr(RunDir, "save_resume", real)
+
+
 def bench_sweep(work: Path, root: Path, weights: Path, args) -> dict:
     from cvsjepa.data.endoscapes import load_splits
     from cvsjepa.train.sweep import sweep
@@ -255,10 +327,20 @@ def bench_sweep(work: Path, root: Path, weights: Path, args) -> dict:
     lrs = sorted({lr for lr, _ in grid}, reverse=True)
     wds = sorted({wd for _, wd in grid})
     log(f"(d) sweep of {len(grid)} heads over {args.sweep_clips} clips per split, {args.sweep_epochs} epochs ...")
-    t = time.perf_counter()
-    grid_args = [f"out={work / 'sweep_k'}", f"sweep.lrs={lrs}", f"sweep.weight_decays={wds}"]
-    res = sweep(load_config(None, common + grid_args), progress=False)
-    k_s = time.perf_counter() - t
+    timing: dict = {}
+    restore = timed_resume_saves(timing)
+    try:
+        t = time.perf_counter()
+        res = sweep(load_config(None, common + [f"out={work / 'sweep_k'}", f"sweep.lrs={lrs}",
+                                                f"sweep.weight_decays={wds}"]), progress=False)
+        k_s = time.perf_counter() - t
+    finally:
+        restore()
+    epochs_s = sum(float(r["seconds"]) for r in res.run_dir.read_metrics())  # train + val, all heads
+    log("(d) the floor: one store read per epoch, one head's compute ...")
+    floor = sweep_floor(load_config(None, common + [f"train.lr={grid[0][0]}", f"train.weight_decay={grid[0][1]}"]),
+                        args.sweep_epochs)
+    floor_s = floor["read_s"] + len(grid) * floor["head_s"]
     separate = []
     runs = grid[:args.separate] if args.separate else grid
     log(f"(d) {len(runs)} separate runs ...")
@@ -270,51 +352,64 @@ def bench_sweep(work: Path, root: Path, weights: Path, args) -> dict:
     per_run = statistics.mean(separate)
     total = sum(separate) if len(runs) == len(grid) else per_run * len(grid)
     return {"k": len(grid), "clips_per_split": {s: len(ix.samples) for s, ix in indices.items()},
-            "tokens_per_clip": n, "epochs": args.sweep_epochs, "sweep_s": k_s,
-            "sweep_timing": res.summary["sweep"]["timing"],
+            "tokens_per_clip": n, "epochs": args.sweep_epochs, "sweep_s": k_s, "sweep_epochs_s": epochs_s,
+            "save_resume_s": timing.get("save_resume_s", 0.0), "sweep_timing": res.summary["sweep"]["timing"],
+            "floor": {**floor, "floor_s": floor_s}, "ratio_to_floor": epochs_s / floor_s,
             "separate_runs_timed": len(runs), "separate_each_s": separate, "separate_total_s": total,
             "extrapolated": len(runs) != len(grid), "speedup": total / k_s}
 
 
 # ---------------------------------------------------------------------------- report
 def report(r: dict, args) -> str:
-    e, ep = r["extract"], r["epoch"]
     lines = [f"machine: {os.cpu_count()} CPU cores, torch {torch.__version__}, {args.threads} threads, load average "
-             f"at start {r['loadavg'][0]:.1f} / end {os.getloadavg()[0]:.1f} (other jobs share these cores)",
-             f"shape: V-JEPA 2 ViT-L (random weights) {args.frames} frames x 256 px -> {e['tokens_per_clip']} tokens x "
-             f"{e['embed_dim']}",
-             "",
-             f"(a) per-epoch head training, {ep['clips']} clips: frozen backbone in the loop {ep['in_loop_s']:.1f} s | "
-             f"from the store {ep['store_s']:.3f} s (median of {len(ep['store_epochs_s'])}) | ratio {ep['ratio']:.0f}x",
-             f"(b) extraction: {e['clips']} clips in {e['wall_s']:.1f} s = {e['clips_per_s']:.3f} clips/s; decode "
-             f"{e['decode_s']:.2f} s, preprocess {e['preprocess_s']:.2f} s, forward {e['forward_s']:.1f} s, write "
-             f"{e['write_s']:.2f} s, other (index, backbone load, key) "
-             f"{e['wall_s'] - e['decode_s'] - e['preprocess_s'] - e['forward_s'] - e['write_s']:.1f} s; "
-             f"{e['decodes_per_jpeg']:.2f} decodes per JPEG ({e['frames_decoded']} decodes of "
-             f"{e['distinct_frames']} distinct frames; the clips reference {e['frame_refs']} frames)",
-             "(c) bytes per clip (measured shard files, .npy header included):"]
-    for name, b in r["storage"]["bytes_per_clip"].items():
-        lines.append(f"      {name:<12} {b / MiB:8.3f} MiB/clip   all {ENDOSCAPES_CLIPS:,} Endoscapes clips: "
-                     f"{b * ENDOSCAPES_CLIPS / 2 ** 30:6.1f} GiB")
-    lines.append("    peak RSS while reading every clip once (shuffled, batches of 8, cast to fp32), over the RSS "
-                 "before reading:")
-    for clips, x in r["storage"]["rss"].items():
-        a, b = x["dontneed"], x["no_dontneed"]
-        lines.append(f"      {clips:>4} clips ({x['store_mib']:.0f} MiB store): pages dropped after each read "
-                     f"+{a['growth_mib']:.0f} MiB (peak {a['peak_mib']:.0f} MiB, {a['read_s']:.1f} s) | pages kept "
-                     f"mapped +{b['growth_mib']:.0f} MiB (peak {b['peak_mib']:.0f} MiB)")
-    s = r["sweep"]
-    lines.append(f"(d) sweep of K={s['k']} heads ({s['tokens_per_clip']} tokens x 1024 fp16, clips "
-                 f"{s['clips_per_split']}, {s['epochs']} epochs): {s['sweep_s']:.1f} s (reading {s['sweep_timing']['read_s']:.2f} s, heads "
-                 f"{s['sweep_timing']['heads_s']:.1f} s) | {s['k']} separate runs {s['separate_total_s']:.1f} s"
-                 f"{' (extrapolated from ' + str(s['separate_runs_timed']) + ' timed)' if s['extrapolated'] else ''}"
-                 f", {statistics.mean(s['separate_each_s']):.1f} s each | speedup {s['speedup']:.1f}x")
-    lines.append("GPU (ViT-L 16x256 bf16 extraction throughput, MFU): pending, no GPU on this machine")
+             f"at start {r['loadavg'][0]:.1f} / end {os.getloadavg()[0]:.1f} (other jobs share these cores)", ""]
+    if "extract" in r:
+        e, ep = r["extract"], r["epoch"]
+        lines += [
+            f"shape: V-JEPA 2 ViT-L (random weights) {args.frames} frames x 256 px -> {e['tokens_per_clip']} tokens x "
+            f"{e['embed_dim']}",
+            f"(a) per-epoch head training, {ep['clips']} clips: frozen backbone in the loop {ep['in_loop_s']:.1f} s | "
+            f"from the store {ep['store_s']:.3f} s (median of {len(ep['store_epochs_s'])}) | ratio {ep['ratio']:.0f}x",
+            f"(b) extraction: {e['clips']} clips in {e['wall_s']:.1f} s = {e['clips_per_s']:.3f} clips/s; decode "
+            f"{e['decode_s']:.2f} s, preprocess {e['preprocess_s']:.2f} s, forward {e['forward_s']:.1f} s, write "
+            f"{e['write_s']:.2f} s, other (index, backbone load, key) "
+            f"{e['wall_s'] - e['decode_s'] - e['preprocess_s'] - e['forward_s'] - e['write_s']:.1f} s; "
+            f"{e['decodes_per_jpeg']:.2f} decodes per JPEG ({e['frames_decoded']} decodes of "
+            f"{e['distinct_frames']} distinct frames; the clips reference {e['frame_refs']} frames)"]
+    if "storage" in r:
+        lines.append("(c) bytes per clip (measured shard files, .npy header included):")
+        for name, b in r["storage"]["bytes_per_clip"].items():
+            lines.append(f"      {name:<12} {b / MiB:8.3f} MiB/clip   all {ENDOSCAPES_CLIPS:,} Endoscapes clips: "
+                         f"{b * ENDOSCAPES_CLIPS / 2 ** 30:6.1f} GiB")
+        lines.append("    peak RSS while reading every clip once (shuffled, batches of 8, cast to fp32), over the RSS "
+                     "before reading:")
+        for clips, x in r["storage"]["rss"].items():
+            a, b = x["reader"], x["mmap"]
+            lines.append(f"      {clips:>4} clips ({x['store_mib']:.0f} MiB store): the reader (pread, batch buffers) "
+                         f"+{a['growth_mib']:.0f} MiB (peak {a['peak_mib']:.0f} MiB, {a['read_s']:.1f} s) | a plain "
+                         f"memory map +{b['growth_mib']:.0f} MiB (peak {b['peak_mib']:.0f} MiB, {b['read_s']:.1f} s)")
+    if "sweep" in r:
+        s, f = r["sweep"], r["sweep"]["floor"]
+        lines += [
+            f"(d) sweep of K={s['k']} heads ({s['tokens_per_clip']} tokens x 1024 fp16, clips {s['clips_per_split']}, "
+            f"{s['epochs']} epochs): {s['sweep_s']:.1f} s in all, of which the epochs (train + val, all heads) "
+            f"{s['sweep_epochs_s']:.2f} s, resume-state writes {s['save_resume_s']:.2f} s",
+            f"    floor, measured apart: one store read per epoch {f['read_s']:.2f} s + {s['k']} x one head's compute "
+            f"{f['head_s']:.3f} s = {f['floor_s']:.2f} s | sweep epochs / floor = {s['ratio_to_floor']:.2f}x (goal <= 1.2x)",
+            f"    {s['k']} separate runs {s['separate_total_s']:.1f} s"
+            f"{' (extrapolated from ' + str(s['separate_runs_timed']) + ' timed)' if s['extrapolated'] else ''}"
+            f", {statistics.mean(s['separate_each_s']):.1f} s each | speedup of the sweep {s['speedup']:.1f}x"]
+    if "read" in r:
+        from store_read import report as read_report
+
+        lines += read_report(r["read"])
+    lines.append("GPU figures: benchmarks/gpu.py")
     return "\n".join(lines)
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--only", default="abcde", help="sections to run (default: all; a, b and c share one extraction)")
     p.add_argument("--workdir", type=Path, default=None, help="work folder (default: a new temporary folder)")
     p.add_argument("--keep", action="store_true", help="keep the work folder")
     p.add_argument("--threads", type=int, default=2)
@@ -327,6 +422,7 @@ def main() -> int:
     p.add_argument("--separate", type=int, default=0, help="(d): separate runs to time (0 = all K)")
     p.add_argument("--sweep-clips", type=int, default=8, help="(d): keyframes per split")
     p.add_argument("--sweep-epochs", type=int, default=2)
+    p.add_argument("--read-clips", type=int, default=64, help="(e): clips per store (4 MiB each in float16)")
     p.add_argument("--json", type=Path, default=None, help="also write the figures as JSON")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -336,10 +432,18 @@ def main() -> int:
     r = {"loadavg": os.getloadavg(), "args": {k: str(v) for k, v in vars(args).items()}}
     try:
         root = make_data(work)
-        weights = make_weights(work, "vitl")
-        r.update(bench_extract_and_epochs(work, root, weights, args))
-        r["storage"] = bench_storage(work, Path(r["store"]), args)
-        r["sweep"] = bench_sweep(work, root, weights, args)
+        weights = make_weights(work, "vitl") if set(args.only) & set("abcd") else None
+        if set(args.only) & set("abc"):
+            r.update(bench_extract_and_epochs(work, root, weights, args))
+            if "c" in args.only:
+                r["storage"] = bench_storage(work, Path(r["store"]), args)
+        if "d" in args.only:
+            r["sweep"] = bench_sweep(work, root, weights, args)
+        if "e" in args.only:
+            from store_read import bench_read
+
+            log(f"(e) read throughput, {args.read_clips} clips per store ...")
+            r["read"] = bench_read(work, clips=args.read_clips)
     finally:
         if not args.keep and args.workdir is None:
             shutil.rmtree(work, ignore_errors=True)

@@ -105,8 +105,8 @@ def bench_read(work: Path, clips: int = 64, n: int = 2048, d: int = 1024, repeat
         enc = encoding_of(name)
         if enc.scaled:  # the decoding alone (in memory, reused buffers): compute, not reading
             stored = torch.from_numpy(enc.encode(torch.randn(batch, n, d)))
-            out = torch.empty(batch, n, d)
-            row["decode_only"] = best_rate(lambda: enc.decode(stored, out).numel() * 0 + stored.numel(), repeats)
+            decoded = torch.empty(batch, n, d)
+            row["decode_only"] = best_rate(lambda: enc.decode(stored, decoded).numel() * 0 + stored.numel(), repeats)
         out[name] = row
         shutil.rmtree(path)
     return out

@@ -1,6 +1,7 @@
 """The feature store: extract V-JEPA 2 tokens once, train and sweep frozen heads from them.
 
-* :mod:`.store`    on-disk format: key, manifest, checksummed shards, the mmap reader
+* :mod:`.store`    on-disk format: key, manifest, checksummed shards, the pread reader
+* :mod:`.encoding` ``features.dtype``: plain or per-token scaled (int8, float8) tokens on disk
 * :mod:`.writer`   creating / resuming a store: atomic checksummed shards, then the manifest
 * :mod:`.extract`  ``extract(cfg)``: the frozen backbone over every keyframe clip, resumable
 * :mod:`.dataset`  ``open_store_splits(cfg)``: ``SplitData`` whose batches carry ``tokens``
