@@ -28,8 +28,6 @@ REPO = Path(__file__).resolve().parent.parent
 ARGS = ["backbone=tiny", "data.format=sages2024", "data.frames=4", "head.num_heads=4", "head.mlp_hidden=32",
         "train.batch_size=8", "train.epochs=1", "train.patience=0"]
 
-pytestmark = pytest.mark.usefixtures("single_thread")
-
 
 @pytest.fixture(scope="module")
 def sages_run(sages_root, tmp_path_factory) -> Path:
