@@ -395,7 +395,8 @@ def report(r: dict, args) -> str:
             f"{s['epochs']} epochs): {s['sweep_s']:.1f} s in all, of which the epochs (train + val, all heads) "
             f"{s['sweep_epochs_s']:.2f} s, resume-state writes {s['save_resume_s']:.2f} s",
             f"    floor, measured apart: one store read per epoch {f['read_s']:.2f} s + {s['k']} x one head's compute "
-            f"{f['head_s']:.3f} s = {f['floor_s']:.2f} s | sweep epochs / floor = {s['ratio_to_floor']:.2f}x (goal <= 1.2x)",
+            f"{f['head_s']:.3f} s = {f['floor_s']:.2f} s | sweep epochs / floor = {s['ratio_to_floor']:.2f}x "
+            f"(goal <= 1.2x)",
             f"    {s['k']} separate runs {s['separate_total_s']:.1f} s"
             f"{' (extrapolated from ' + str(s['separate_runs_timed']) + ' timed)' if s['extrapolated'] else ''}"
             f", {statistics.mean(s['separate_each_s']):.1f} s each | speedup of the sweep {s['speedup']:.1f}x"]

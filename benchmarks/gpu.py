@@ -250,12 +250,14 @@ def report(res: dict) -> str:
         mfu = f", MFU {e['clips_per_s'] * r['tflop_per_clip'] / peak:.1%}" if peak else ""
         mem = lambda x: f"{x:.1f} GiB" if x is not None else "n/a (cpu)"  # noqa: E731
         lines.append(f"{r['model']} {r['frames']}x{r['crop']} ({r['tflop_per_clip']:.2f} TFLOP/clip): extraction "
-                     f"{e['clips_per_s']:.2f} clips/s (batch {e['batch']}){mfu}, peak memory {mem(e['peak_memory_gib'])}")
+                     f"{e['clips_per_s']:.2f} clips/s (batch {e['batch']}){mfu}, "
+                     f"peak memory {mem(e['peak_memory_gib'])}")
         c = r.get("extract_compiled")
         if c and "error" in c:
             lines.append(f"    torch.compile: failed ({c['error']})")
         elif c:
-            lines.append(f"    torch.compile: {c['clips_per_s']:.2f} clips/s = {c['clips_per_s'] / e['clips_per_s']:.2f}x "
+            speedup = c["clips_per_s"] / e["clips_per_s"]
+            lines.append(f"    torch.compile: {c['clips_per_s']:.2f} clips/s = {speedup:.2f}x "
                          f"eager (compile {c['compile_s']:.0f} s), peak memory {mem(c['peak_memory_gib'])}")
         for ckpt in (False, True):
             s = r[f"lora_checkpointing_{ckpt}"]

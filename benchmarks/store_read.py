@@ -71,7 +71,8 @@ def read_raw(path: Path, buf: bytearray) -> int:
 
 def read_loader(path: Path, shuffle: bool, batch: int) -> int:
     reader = FeatureStore.open(path).reader("train")
-    samples = [Sample(sid, 1, i, "train", (0.0, 0.0, 0.0), (0, 0, 0), (i,), ()) for i, sid in enumerate(reader.sample_ids)]
+    samples = [Sample(sid, 1, i, "train", (0.0, 0.0, 0.0), (0, 0, 0), (i,), ())
+               for i, sid in enumerate(reader.sample_ids)]
     loader = DataLoader(StoreDataset(samples, reader), batch_size=batch, shuffle=shuffle, collate_fn=collate_skip_none,
                         generator=torch.Generator().manual_seed(0))
     clips = 0
