@@ -116,7 +116,6 @@ def _sweep_rows(run: Path) -> list[dict]:
     return list(csv.DictReader(open(run / "sweep.csv")))
 
 
-@pytest.mark.slow  # ~45 s; the loop's resume (shared with train) runs by default in faults/test_resume.py
 def test_a_killed_sweep_resumes_exactly(store, synth_root, tmp_path):
     ref = sweep(load_config(None, args(synth_root, store, tmp_path / "ref", *PAIR)), progress=False).run_dir
     out = tmp_path / "run"

@@ -93,6 +93,17 @@ def test_resume_of_finished_run_is_a_no_op(reference, capsys):
     assert rc == 0 and (reference / "summary.json").read_text() == before
 
 
+def test_resume_before_the_first_complete_epoch_is_refused(reference, tmp_path, capsys):
+    """What a kill in epoch 1 leaves (kill point 2, a slow test): a run directory without a resume state."""
+    copy = tmp_path / "copy"
+    shutil.copytree(reference, copy)
+    (copy / SUMMARY_FILE).unlink()
+    resume_path(copy).unlink()
+    (copy / RESUME_MANIFEST).unlink()
+    rc, err = _train_here(["--resume", str(copy)], capsys)
+    assert rc == 2 and "no complete epoch" in err and err.strip().count("\n") == 0
+
+
 def _assert_same_as(out: Path, reference: Path) -> None:
     assert _metrics(out) == _metrics(reference)
     ours = load_file(out / BEST_DIR / "model.safetensors")
