@@ -16,7 +16,6 @@ from cvsjepa.backbones import build_backbone
 from cvsjepa.backbones.dinov3 import Dinov3FramesBackbone
 from cvsjepa.config import BackboneConfig
 
-pytestmark = pytest.mark.usefixtures("single_thread")
 
 SHAPE = dict(hidden=64, heads=4, layers=2, mlp=128, registers=3, patch=16)
 

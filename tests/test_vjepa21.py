@@ -21,7 +21,6 @@ from cvsjepa.cli import main
 from cvsjepa.config import BackboneConfig
 from cvsjepa.errors import CheckpointError, ConfigError
 
-pytestmark = pytest.mark.usefixtures("single_thread")
 
 # head_dim 16: each RoPE axis gets 2 * ((16 // 3) // 2) = 4 dims and 4 pass through unrotated, as
 # in the released models (head_dim 64: 3 x 20 + 4). 3 layers, norms after blocks 0 and 2 only.
