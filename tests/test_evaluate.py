@@ -173,7 +173,7 @@ def test_temporal_offset_moves_the_clip_end_back(synth_root):
 
 # ------------------------------------------------------------------ the command
 def test_evaluate_writes_the_files_and_json(run_dir, evaluated):
-    for name in ["eval_test.json", "thresholds.json", "predictions_test.csv", "predictions_val.csv",
+    for name in ["eval_test.json", "thresholds.json", "calibration.json", "predictions_test.csv", "predictions_val.csv",
                  "pr_curves_test.png", "reliability_test.png"]:
         assert (run_dir / name).is_file(), name
     e = evaluated
@@ -200,6 +200,75 @@ def test_evaluate_writes_the_files_and_json(run_dir, evaluated):
     saved = json.loads((run_dir / "thresholds.json").read_text())
     np.testing.assert_allclose(saved["thresholds"], choose_thresholds(probs, labels), atol=1e-5)
     assert saved["thresholds"] == e["thresholds"]["values"]
+    # version 2: calibration and every policy, for each criterion and full CVS
+    assert saved["format_version"] == 2 and saved["default_policy"] == "specificity"
+    assert saved["calibration"]["temperature"] == json.loads((run_dir / "calibration.json").read_text())["temperature"]
+    for policy in ("balanced", "specificity", "precision", "sensitivity"):
+        block = saved["policies"][policy]
+        assert set(block["criteria"]) == {"C1", "C2", "C3"} and "full_cvs" in block
+        for entry in block["criteria"].values():
+            assert (entry["threshold"] is None) == (entry["reason"] is not None)
+
+
+def test_eval_json_reports_calibration_operating_points_and_time_to_cvs(run_dir, evaluated):
+    e = evaluated
+    cal = e["calibration"]
+    assert cal["method"]["fitted_on"] == "val" and len(cal["method"]["temperature"]) == 3
+    for key in ("brier_C1", "ece_C1", "brier_mean", "ece_mean"):
+        assert key in cal["before"] and key in cal["after"]
+    assert cal["before"]["brier_mean"] == pytest.approx(e["metrics"]["brier_mean"])  # before = the raw metrics
+    assert all(a <= b + 1e-9 for a, b in zip(cal["method"]["val_nll_after"], cal["method"]["val_nll_before"]))
+    ops = e["operating_points"]
+    assert ops["chosen_on"] == "val" and ops["ci"]["resamples"] == 200
+    for policy, block in ops["policies"].items():
+        for name, row in [*block["criteria"].items(), ("full_cvs", block["full_cvs"]), ("decision", block["decision"])]:
+            if row.get("threshold") is None and name != "decision" or "sensitivity" not in row:
+                assert row["reason"], (policy, name)  # unsupported: says why instead of a number
+                continue
+            for k in ("sensitivity", "specificity", "ppv", "npv"):
+                assert k in row and k in row["ci95"], (policy, name, k)
+            assert row["tp"] + row["fp"] + row["tn"] + row["fn"] == e["n_samples"]
+    balanced = ops["policies"]["balanced"]["criteria"]
+    assert [balanced[n]["threshold_raw"] for n in ("C1", "C2", "C3")] == e["thresholds"]["values"]
+    t = e["time_to_cvs"]
+    assert t["method"] == "seconds" and t["rule"]["policy"] == "specificity" and t["consecutive_s"] == 3
+    assert len(t["videos"]) == e["n_videos"] and t["summary"]["n_videos"] == e["n_videos"]
+    # every 1 fps second was scored: the synthetic test videos are 30-45 s long
+    assert all(30 <= v["n_seconds"] <= 46 for v in t["videos"])
+    for key in ("false_early_call_rate", "missed_rate", "median_latency_s"):
+        assert key in t["summary"] and key in t["ci95"]
+
+
+def test_time_to_cvs_scores_every_second_as_predict_does(run_dir, synth_root, tmp_path):
+    """evaluate's every-second clips give predict's probabilities for the same video, and the same rule
+    on them declares at the same second."""
+    from cvsjepa import CVSModel
+    from cvsjepa.evaluate.decision import DecisionRule
+    from cvsjepa.evaluate.decision_report import time_to_cvs_rows
+    from cvsjepa.evaluate.runner import SECONDS, predict_members
+    from cvsjepa.predict.timeline import Timeline
+
+    frames: dict = {}
+    preds = predict_members([run_dir], ("test",), TTASettings(), Reopen(progress=False), torch.device("cpu"),
+                            seconds_of="test", video_frames=frames)
+    sec, kf = preds[SECONDS], preds["test"]
+    rule = DecisionRule(tuple(float(x) for x in sec.probs.median(dim=0).values))  # passes now and then
+    rows = {r["video_id"]: r for r in time_to_cvs_rows(kf, sec, frames["test"], rule, None, 2)}
+    model = CVSModel.from_run(run_dir)
+    declared = 0
+    for vid, row in rows.items():
+        folder = tmp_path / f"v{vid}"
+        folder.mkdir()
+        for f in frames["test"][vid]:
+            (folder / f"{vid}_{f}.jpg").symlink_to(synth_root / "test" / f"{vid}_{f}.jpg")
+        tl = model.predict_video(folder)
+        raw = tl.raw_probs if tl.raw_probs is not None else tl.probs
+        mine = sec.probs[[i for i, v in enumerate(sec.video_ids) if v == vid]].double().numpy()
+        assert raw.shape == mine.shape and np.abs(raw - mine).max() < 1e-5
+        same = Timeline(tl.times, tl.frame_indices, raw, None, tl.fps, consecutive_s=2, rule=rule)
+        assert same.cvs_reached_at == row["declared_at_s"] and len(tl) == row["n_seconds"]
+        declared += row["declared_at_s"] is not None
+    assert declared  # something was declared: the comparison has teeth
 
 
 def _flip_test_labels(src: Path, dst: Path) -> None:
@@ -230,9 +299,14 @@ def test_thresholds_never_see_test_labels(run_dir, synth_root, tmp_path, evaluat
     probs = torch.tensor([[float(r[f"prob_C{i}"]) for i in (1, 2, 3)] for r in orig_csv])
     lab = torch.tensor([[float(r[f"label_C{i}"]) for i in (1, 2, 3)] for r in orig_csv])
     assert choose_thresholds(probs, lab) != choose_thresholds(probs, 1 - lab)  # the control is sensitive
-    # ... but the thresholds, chosen on val, did not
+    # ... but the thresholds, the operating points and the calibration, chosen on val, did not
     assert res.report["thresholds"]["values"] == evaluated["thresholds"]["values"]
     assert res.report["metrics"]["ap_C1"] != evaluated["metrics"]["ap_C1"]
+    thr = lambda r: {(p, n): v["threshold"] for p, b in r["operating_points"]["policies"].items()  # noqa: E731
+                     for n, v in [*b["criteria"].items(), ("full_cvs", b["full_cvs"])]}
+    assert thr(res.report) == thr(evaluated)
+    assert res.report["calibration"]["method"]["temperature"] == evaluated["calibration"]["method"]["temperature"]
+    assert res.report["time_to_cvs"]["rule"] == evaluated["time_to_cvs"]["rule"]
 
 
 def test_ensemble_of_identical_members_equals_single_and_mismatch_is_refused(run_dir, tmp_path, evaluated):

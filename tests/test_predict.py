@@ -18,7 +18,6 @@ from cvsjepa.data.dataset import ClipDataset
 from cvsjepa.data.endoscapes import load_split
 from cvsjepa.data.synth import frame_number, write_video_mp4
 from cvsjepa.errors import CheckpointError
-from cvsjepa.evaluate.thresholds import choose_thresholds
 from cvsjepa.predict.timeline import Timeline, first_run_start, iter_clips
 from cvsjepa.data.video import open_frames
 from test_video_decode import coded_frames, encode, truncate
@@ -56,16 +55,17 @@ def val_rows(run: Path, vid: int) -> list[dict]:
 
 
 def timeline_rows(path: Path) -> dict[float, dict]:
-    with open(path, newline="") as f:
-        return {float(r["time_s"]): r for r in csv.DictReader(f)}
+    """timeline.json's rows by time (they hold the raw model outputs next to the calibrated ones)."""
+    return {float(r["time_s"]): r for r in json.loads(path.read_text())["timeline"]}
 
 
 def max_diff_to_val(run: Path, vid: int, first_frame: int, timeline: dict[float, dict]) -> float:
-    """Largest |p_video - p_dataset| over the video's keyframes (keyframe f is at (f - first) / 25 s)."""
+    """Largest |p_video - p_dataset| of the raw model outputs over the video's keyframes (keyframe f is
+    at (f - first) / 25 s); predictions_val.csv holds raw probabilities, the timeline calibrated ones too."""
     diffs = []
     for r in val_rows(run, vid):
         t = (int(r["frame"]) - first_frame) / SOURCE_FPS
-        diffs += [abs(float(r[f"prob_C{c}"]) - float(timeline[t][f"p_C{c}"])) for c in (1, 2, 3)]
+        diffs += [abs(float(r[f"prob_C{c}"]) - float(timeline[t][f"raw_C{c}"])) for c in (1, 2, 3)]
     assert len(diffs) >= 3 * 5  # several keyframes compared
     return max(diffs)
 
@@ -87,7 +87,7 @@ def test_predict_on_an_mp4_agrees_with_the_jpeg_dataset(tiny_run, val_video, los
         fps=rate)
     rc = main(["predict", str(video), "--run", str(tiny_run), "--out", str(tmp_path / "tl"), "--no-progress"])
     assert rc == 0
-    timeline = timeline_rows(tmp_path / "tl" / "timeline.csv")
+    timeline = timeline_rows(tmp_path / "tl" / "timeline.json")
     assert sorted(timeline) == [float(k) for k in range(len(jpegs))]
     assert [int(r["frame_index"]) for r in timeline.values()] == [k * rate for k in range(len(jpegs))]
     assert max_diff_to_val(tiny_run, vid, frame_number(jpegs[0]), timeline) <= 2e-6
@@ -103,7 +103,7 @@ def test_predict_on_a_lossy_mp4_agrees_within_decode_tolerance(tiny_run, val_vid
     rc = main(["predict", str(video), "--run", str(tiny_run), "--out", str(tmp_path / "tl"), "--no-progress",
                "--no-plot"])
     assert rc == 0
-    timeline = timeline_rows(tmp_path / "tl" / "timeline.csv")
+    timeline = timeline_rows(tmp_path / "tl" / "timeline.json")
     assert sorted(timeline) == [float(k) for k in range(len(jpegs))]
     assert max_diff_to_val(tiny_run, vid, frame_number(jpegs[0]), timeline) <= 0.02
 
@@ -148,14 +148,17 @@ def test_cli_writes_csv_json_png(tiny_run, tmp_path, capsys):
     out = tmp_path / "o"
     with open(out / "timeline.csv", newline="") as f:
         rows = list(csv.DictReader(f))
-    assert list(rows[0]) == ["time_s", "frame_index", "p_C1", "p_C2", "p_C3", "p_all"]
+    assert list(rows[0]) == ["time_s", "frame_index", "p_C1", "p_C2", "p_C3", "p_all", "state", "policy",
+                             "threshold_C1", "threshold_C2", "threshold_C3", "uncertain_from_C1", "uncertain_from_C2",
+                             "uncertain_from_C3"]
+    assert {r["policy"] for r in rows} == {"specificity"} and {r["state"] for r in rows} <= {"cvs", "uncertain", "no_cvs"}
     assert [float(r["time_s"]) for r in rows] == [0.0, 1.0]  # 8 frames at 6.25 fps: t = 0 and 1 s
     for r in rows:
         prod = float(r["p_C1"]) * float(r["p_C2"]) * float(r["p_C3"])
         assert float(r["p_all"]) == pytest.approx(prod, abs=2e-6)
     meta = json.loads((out / "timeline.json").read_text())
     for key in ["summary", "complete", "errors", "warnings", "cvs_reached_at_s", "thresholds", "video", "model",
-                "decode", "timeline", "consecutive_s", "fps"]:
+                "decode", "timeline", "consecutive_s", "fps", "decision", "calibration", "seconds_per_state"]:
         assert key in meta, key
     assert meta["complete"] and meta["consecutive_s"] == 2 and meta["video"]["codec"] == "h264"
     assert meta["model"]["frames"] == 4 and len(meta["thresholds"]) == 3
@@ -205,21 +208,36 @@ def run_copy(tiny_run, tmp_path) -> Path:
     return dst
 
 
-def test_thresholds_from_val_predictions_are_cached_in_the_checkpoint(run_copy, tmp_path):
+def test_operating_points_from_val_predictions_are_cached_in_the_checkpoint(run_copy, tmp_path):
+    """No thresholds.json: predict computes what evaluate would from predictions_val.csv (val only):
+    the temperature fit and every policy; the default (specificity) and an explicit one."""
     from cvsjepa import CVSModel
+    from cvsjepa.evaluate.operating_points import choose
+    from cvsjepa.evaluate.temperature import Temperature
 
     with open(run_copy / "predictions_val.csv", newline="") as f:
         rows = list(csv.DictReader(f))
-    want = choose_thresholds(torch.tensor([[float(r[f"prob_C{c}"]) for c in (1, 2, 3)] for r in rows]),
-                             torch.tensor([[float(r[f"label_C{c}"]) for c in (1, 2, 3)] for r in rows]))
+    raw = np.array([[float(r[f"prob_C{c}"]) for c in (1, 2, 3)] for r in rows])
+    labels = np.array([[float(r[f"label_C{c}"]) for c in (1, 2, 3)] for r in rows])
+    cal = Temperature.fit_val(raw, labels, ("C1", "C2", "C3"))
+
+    def want(policy):
+        ops = [choose(policy, raw[:, c], labels[:, c]) for c in range(3)]
+        return [None if o.threshold is None else cal.apply_one(o.threshold, c) for c, o in enumerate(ops)]
+
     m = CVSModel.from_run(run_copy)
-    assert m.thresholds == pytest.approx(want) and "predictions_val.csv" in m.threshold_source
-    cached = run_copy / "checkpoints" / "best" / "thresholds.json"
-    assert json.loads(cached.read_text())["thresholds"] == pytest.approx(want)
-    alone = tmp_path / "model"  # the checkpoint directory by itself is enough
+    assert m.rule.policy == "specificity" and "predictions_val.csv" in m.threshold_source
+    assert m.calibration.temperature == pytest.approx(cal.temperature)
+    assert list(m.thresholds) == want("specificity")  # the session's tiny val: None + a reason (too few negatives)
+    assert (m.rule.reason is None) == all(t is not None for t in m.thresholds)
+    cached = json.loads((run_copy / "checkpoints" / "best" / "thresholds.json").read_text())
+    assert cached["format_version"] == 2 and set(cached["policies"]) == {"balanced", "specificity", "precision",
+                                                                          "sensitivity"}
+    alone = tmp_path / "model"  # the checkpoint directory by itself is enough, for any policy
     shutil.copytree(run_copy / "checkpoints" / "best", alone)
-    m2 = CVSModel.from_run(alone)
-    assert m2.thresholds == pytest.approx(want) and m2.threshold_source.endswith("thresholds.json")
+    m2 = CVSModel.from_run(alone, policy="balanced")
+    assert m2.thresholds == pytest.approx(want("balanced")) and m2.threshold_source.endswith("thresholds.json")
+    assert all(t is not None for t in m2.thresholds)
 
 
 @pytest.mark.parametrize("content", [{"thresholds": [0.2, 0.3, 0.4]}, [0.2, 0.3, 0.4],
@@ -247,6 +265,51 @@ def test_bad_thresholds_and_fallback(run_copy, caplog):
         assert CVSModel.from_run(run_copy).thresholds == (0.5, 0.5, 0.5)
     assert "0.5" in caplog.text
     assert CVSModel.from_run(run_copy, thresholds=[0.1, 0.2, 0.3]).thresholds == (0.1, 0.2, 0.3)
+
+
+def _constant_model(m, p: float) -> None:
+    """Make a loaded CVSModel output ``p`` for every criterion of every clip (no learned signal)."""
+    fc2 = m.model.head.classifier.fc2
+    with torch.no_grad():
+        fc2.weight.zero_()
+        fc2.bias.fill_(float(np.log(p / (1 - p))))
+
+
+def test_a_constant_model_never_declares_cvs_before_the_first_positive_label(run_copy, synth_root, tmp_path):
+    """A model no better than chance (constant probability 0.7, in val and on the test videos): the
+    default policy never declares CVS, and says why; balanced accuracy, the old rule, declares at 0 s."""
+    from cvsjepa import CVSModel
+    from cvsjepa.data.seconds import frame_seconds
+    from cvsjepa.evaluate.time_to_cvs import first_full_cvs_time
+
+    csv_path = run_copy / "predictions_val.csv"
+    with open(csv_path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    for r in rows:  # what evaluate would have written for this model
+        r.update({f"prob_C{c}": "0.700000" for c in (1, 2, 3)})
+    with open(csv_path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    index = load_split(synth_root, "test", frames=4, stride=1)
+    default, old_rule = CVSModel.from_run(run_copy), CVSModel.from_run(run_copy, policy="balanced")
+    for m in (default, old_rule):
+        _constant_model(m, 0.7)
+    for vid in sorted({s.video_id for s in index.samples}):
+        keys = [s for s in index.samples if s.video_id == vid]
+        frames = index.video_frames[vid]
+        first = first_full_cvs_time([frame_seconds(frames, s.frame) for s in keys], [s.label for s in keys])
+        folder = tmp_path / f"v{vid}"
+        folder.mkdir()
+        for f in frames:
+            (folder / f"{vid}_{f}.jpg").symlink_to(synth_root / "test" / f"{vid}_{f}.jpg")
+        tl = default.predict_video(folder)
+        assert np.ptp(tl.probs, axis=0).max() < 1e-9  # constant indeed
+        assert tl.cvs_reached_at is None and "cannot support the specificity policy" in tl.summary()
+        assert "cvs" not in {r["state"] for r in tl.rows()}
+        # the control: the balanced-accuracy rule fires on this noise at the very first second
+        early = old_rule.predict_video(folder).cvs_reached_at
+        assert early == 0.0 and (first is None or early < first)
 
 
 # ----------------------------------------------------------------------------- Python API

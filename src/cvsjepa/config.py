@@ -45,6 +45,11 @@ NonFinitePolicy = Literal["error", "skip"]
 StoreDtype = Literal["float16", "bfloat16", "float32", "int8", "float8_e4m3"]
 StorePool = Literal["none", "avg2x2"]
 MaskSource = Literal["auto", "semseg", "coco"]
+# Operating-point policies (evaluate/operating_points.py: POLICIES), for `predict --policy` and
+# `evaluate --policy`: not a config key, but its choices are defined here once like the others.
+DecisionPolicy = Literal["balanced", "specificity", "precision", "sensitivity"]
+# How `evaluate --time-to-cvs` gets per-second probabilities (evaluate/time_to_cvs.py).
+TimeToCvsMethod = Literal["seconds", "keyframes", "off"]
 
 
 @dataclass

@@ -3,7 +3,8 @@
 Synthetic data (labels driven by drawn anatomy, 3 noisy raters) -> a TINY RANDOM backbone of
 V-JEPA 2's architecture (not V-JEPA weights: the tokens are random projections of the pixels)
 -> the log's attentive head, trained frozen -> val/test mAP next to the oracle (best possible)
-and the prevalence (the AP of a constant guess).
+and the prevalence (the AP of a constant guess) -> the operating point ``predict`` would use
+(calibrated on val, ``specificity`` policy) and what it gives on test.
 """
 
 from __future__ import annotations
@@ -51,12 +52,43 @@ def run_demo(out: Path, seed: int = 0, epochs: int | None = None, progress: bool
     cfg = load_config(None, overrides)
     result = train(cfg, progress=progress)
     s = result.summary
-    print(report(s))
+    print(report(s, operating_point(result.run_dir)))
     print(f"\nrun directory: {result.run_dir}  ({SUMMARY_FILE}, {METRICS_FILE}, {CURVE_FILE}, {BEST_DIR})")
     return s
 
 
-def report(s: dict) -> str:
+def operating_point(run) -> str:
+    """predict's default operating point, chosen on the run's val predictions, and its effect on test
+    (declaring full CVS when all three criteria pass), from the predictions files train wrote."""
+    from .evaluate.operating_points import DEFAULT_POLICY
+    from .evaluate.operating_report import operating_points_report
+    from .evaluate.threshold_file import build_document, parse_document
+    from .rundir import RunDir, predictions_file
+
+    run = RunDir(run.path if hasattr(run, "path") else run)
+    names = tuple(run.read_config().data.criteria)
+    if not all((run / predictions_file(r)).is_file() for r in ("val", "test")):
+        return "operating point: no val/test predictions in the run"
+    val, test = run.read_predictions("val", names), run.read_predictions("test", names)
+    doc = build_document(val["probs"], val["labels"], val["video_ids"], names, "val")
+    rule = parse_document(doc, "val").rule(DEFAULT_POLICY, names)
+    temps = doc["calibration"]["temperature"]
+    ops = operating_points_report(doc["policies"], test["probs"], test["labels"], test["video_ids"], names,
+                                  parse_document(doc, "val").calibration, 0, 0)["policies"][DEFAULT_POLICY]
+    lines = [f"operating point (what `cvsjepa predict` uses): {rule.describe(names)}",
+             "  probabilities calibrated on val: T = " + ", ".join(f"{n} {t:.2f}" for n, t in zip(names, temps))]
+    if not rule.can_declare:
+        lines.append(f"  CVS would never be declared: {rule.reason}")
+    else:
+        d = ops["decision"]
+        fmt = (lambda v: "n/a" if v is None or v != v else f"{v:.3f}")  # noqa: E731
+        lines.append(f"  test, full CVS declared when all three pass: sensitivity {fmt(d['sensitivity'])}, specificity "
+                     f"{fmt(d['specificity'])}, PPV {fmt(d['ppv'])}, NPV {fmt(d['npv'])} "
+                     f"({d['tp'] + d['fn']} of {d['tp'] + d['fn'] + d['tn'] + d['fp']} keyframes are full CVS)")
+    return "\n".join(lines)
+
+
+def report(s: dict, operating: str | None = None) -> str:
     lines = [f"backbone: {s['backbone']}  (a tiny random model for the demo, NOT V-JEPA weights)",
              f"{'split':<6}{'mAP':>8}{'oracle':>9}{'prevalence':>12}   AP per criterion (C1, C2, C3)"]
     for role in ("val", "test"):
@@ -68,6 +100,8 @@ def report(s: dict) -> str:
                      f"{prev:>12.3f}   " + ", ".join(f"{a:.3f}" for a in s[f"{role}_ap"]))
     lines.append("prevalence = mean positive rate = the mAP of a constant guess; oracle = mAP of the true "
                  "posterior (the best any model can score)")
+    if operating:
+        lines.append(operating)
     return "\n".join(lines)
 
 

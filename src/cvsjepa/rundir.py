@@ -14,10 +14,17 @@
     checkpoints/stage1_best/    (exp9) stage 1's best, kept when stage 2 starts
     checkpoints/resume-eNNNN.pt the resume state after epoch NNNN (one file: weights, optimizer, RNG, ...)
     checkpoints/resume.json     names the complete resume file and its sha256; written after it
-    eval_<split>[_tag].json, thresholds[_tag].json, pr_curves_<split>[_tag].png,
+    eval_<split>[_tag].json, thresholds[_tag].json, calibration[_tag].json, pr_curves_<split>[_tag].png,
     reliability_<split>[_tag].png, predictions_<split>[_tag].csv   (``cvsjepa evaluate``; on other data
                                 the tag always starts with data_tag(root), so the run's own files stay)
     diagnose/                   (``cvsjepa diagnose``)
+
+A seed group (``cvsjepa train CONFIG --seeds 0 1 2``) is a parent directory holding one run per
+seed and the group's summary::
+
+    GROUP/seed<k>/              a run directory as above (config seed = k)
+    GROUP/group.json            members, mean and sd of their metrics, the ensemble of their probabilities
+    GROUP/predictions_<split>.csv   the ensemble (mean of the members' probabilities), same format
 
 Resume state is one atomic unit: the epoch's file is written whole (temp + fsync + rename), then the
 manifest that names it and its hash, and only then are older resume files removed. A crash at any
@@ -55,6 +62,8 @@ SWEEP_FILE = "sweep.csv"
 SUMMARY_FILE = "summary.json"
 CURVE_FILE = "training_curve.png"
 THRESHOLDS_FILE = "thresholds.json"
+CALIBRATION_FILE = "calibration.json"
+GROUP_FILE = "group.json"
 CHECKPOINTS_DIR = "checkpoints"
 BEST_DIR = f"{CHECKPOINTS_DIR}/best"
 STAGE1_BEST_DIR = f"{CHECKPOINTS_DIR}/stage1_best"
@@ -84,6 +93,19 @@ def eval_file(split: str, tag: str = "") -> str:
 
 def thresholds_file(tag: str = "") -> str:
     return f"thresholds{_sfx(tag)}.json"
+
+
+def calibration_file(tag: str = "") -> str:
+    return f"calibration{_sfx(tag)}.json"
+
+
+def seed_dir(seed: int) -> str:
+    """A seed group's member run directory, relative to the group."""
+    return f"seed{seed}"
+
+
+def is_group(path: str | Path) -> bool:
+    return (Path(path) / GROUP_FILE).is_file()
 
 
 def pr_curves_file(split: str, tag: str = "") -> str:
@@ -234,17 +256,21 @@ class RunDir:
         return path
 
     def read_predictions(self, role: str, names: tuple[str, ...] = CRITERIA, tag: str = "") -> dict[str, list]:
-        """``{"probs": [[p1, p2, p3], ...], "labels": [[y1, y2, y3], ...], "sample_ids": [...]}``."""
+        """``{"sample_ids", "video_ids", "frames", "probs" [[p1, p2, p3], ...], "labels" [[y1, y2, y3], ...],
+        "rater_means"}`` (lists, in file order)."""
         path = self.path / predictions_file(role, tag)
         try:
             with open(path, newline="") as f:
                 rows = list(csv.DictReader(f))
             return {"sample_ids": [r["sample_id"] for r in rows],
+                    "video_ids": [int(r["video_id"]) for r in rows],
+                    "frames": [int(r["frame"]) for r in rows],
                     "probs": [[float(r[f"prob_{n}"]) for n in names] for r in rows],
-                    "labels": [[float(r[f"label_{n}"]) for n in names] for r in rows]}
+                    "labels": [[float(r[f"label_{n}"]) for n in names] for r in rows],
+                    "rater_means": [[float(r.get(f"rater_mean_{n}") or "nan") for n in names] for r in rows]}
         except (OSError, KeyError, ValueError) as e:
-            raise CheckpointError(f"{path} cannot be read as predictions (need sample_id, prob_<criterion> and "
-                                  f"label_<criterion> columns): {e}") from e
+            raise CheckpointError(f"{path} cannot be read as predictions (need sample_id, video_id, prob_<criterion> "
+                                  f"and label_<criterion> columns): {e}") from e
 
     # ------------------------------------------------------------------ resume
     def check_resumable(self, cfg: RunConfig) -> None:

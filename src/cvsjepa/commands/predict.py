@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import get_args
+
+from ..config import DecisionPolicy
 
 from ._common import add_backbone_path_arg
 
@@ -19,8 +22,12 @@ def add_parser(sub) -> None:
         description="Decode a video (mp4, mkv, avi, mov, ...; any codec the installed FFmpeg decodes) or read a "
                     "folder of JPEG/PNG frames, sample it at the model's training rate (1 fps), score the causal "
                     "clip ending at every sample, and write timeline.csv, timeline.json and timeline.png. "
-                    "Prints when CVS is first reached: all three criteria >= their val-chosen thresholds for "
-                    "--consecutive seconds. Exit status: 0 done; 2 the input or run cannot be used; "
+                    "Probabilities are calibrated (temperature fitted on val) when the run has a calibration. "
+                    "Each second is cvs (all three criteria >= the --policy thresholds chosen on val; default "
+                    "specificity: at most 5% of val negatives pass), uncertain (between the sensitivity and the "
+                    "--policy thresholds) or no_cvs. Prints when CVS is first reached: --consecutive seconds of cvs "
+                    "in a row; a run whose val cannot support the policy reports no time and says why. "
+                    "Exit status: 0 done; 2 the input or run cannot be used; "
                     f"{EXIT_INCOMPLETE} the video failed part way (the timeline up to there is written, the "
                     "error is in timeline.json). With --format sages2024 it writes the SAGES CVS Challenge 2024 "
                     "submission instead: DIR/cvs-criteria.json = {\"overall_outputs\": 90 x 3 probabilities}, "
@@ -39,9 +46,13 @@ def add_parser(sub) -> None:
     p.add_argument("--consecutive", type=float, default=3.0, metavar="K",
                    help="seconds all three criteria must pass in a row for CVS to count as reached (default 3)")
     p.add_argument("--batch-size", type=int, default=8, metavar="B", help="clips per forward pass (default 8)")
+    p.add_argument("--policy", default=None, choices=get_args(DecisionPolicy),
+                   help="operating point that declares CVS (default specificity: the lowest thresholds with val "
+                        "specificity >= 0.95). Read from the run's thresholds.json (cvsjepa evaluate), else "
+                        "computed from its predictions_val.csv; see docs/evaluation.md")
     p.add_argument("--thresholds", type=float, nargs=3, metavar=("T1", "T2", "T3"),
-                   help="decision thresholds for C1 C2 C3 (default: the run's thresholds.json, else chosen on "
-                        "its val predictions, else 0.5)")
+                   help="decision thresholds for C1 C2 C3 given by hand instead of a policy (compared with the "
+                        "probabilities shown, calibrated when the run has a calibration; no uncertain state)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
     add_backbone_path_arg(p)
     p.add_argument("--no-plot", action="store_true", help="skip timeline.png")
@@ -53,6 +64,8 @@ def run(args) -> int:
     from ..api import CVSModel
     from ..errors import ConfigError
 
+    if args.policy is not None and args.thresholds is not None:
+        raise ConfigError("give either --policy or --thresholds, not both")
     if args.batch_size < 1:
         raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
     if not args.consecutive > 0:
@@ -61,7 +74,7 @@ def run(args) -> int:
         raise ConfigError(f"--fps must be > 0, got {args.fps}")
     source = Path(args.input)
     out = Path(args.out) if args.out else Path(f"{source.name.rsplit('.', 1)[0] or source.name}_timeline")
-    model = CVSModel.from_run(Path(args.run), device=args.device, thresholds=args.thresholds,
+    model = CVSModel.from_run(Path(args.run), device=args.device, thresholds=args.thresholds, policy=args.policy,
                               backbone_path=args.backbone_path)
     timeline = model.predict_video(source, fps=args.fps, consecutive=args.consecutive,
                                    batch_size=args.batch_size, progress=not args.no_progress)

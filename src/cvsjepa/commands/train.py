@@ -25,6 +25,11 @@ def add_parser(sub) -> None:
                    help="train with N processes on this node through torchrun (DDP; one GPU each, or gloo on "
                         "CPU); train.batch_size is the global batch. For several nodes call torchrun yourself: "
                         "see docs/scaling.md")
+    t.add_argument("--seeds", type=int, nargs="+", metavar="K",
+                   help="train the config once per seed K into OUT/seed<K>/ and write OUT/group.json: mean and sd "
+                        "of the seeds' val/test mAP and APs, and the ensemble of their probabilities (also "
+                        "OUT/predictions_<split>.csv). Running it again skips finished seeds and resumes an "
+                        "interrupted one. `cvsjepa runs` shows the group as mean +- sd")
     t.add_argument("--dry-run", action="store_true",
                    help="build the model (random weights when backbone.path is empty) without data or training "
                         "and print one JSON object: trainable_params, total_params, breakdown by part")
@@ -53,6 +58,11 @@ def _launch_torchrun(nproc: int) -> int:
 
 
 def run(args) -> int:
+    if args.seeds and (args.nproc > 1 or "RANK" in os.environ):
+        from ..errors import ConfigError
+
+        raise ConfigError("--seeds trains the seeds one after the other in this process; for DDP, run one "
+                          "`cvsjepa train --nproc N ... seed=K out=GROUP/seedK` per seed")
     if args.nproc > 1:
         return _launch_torchrun(args.nproc)
     from ..train.build import dry_run
@@ -62,6 +72,8 @@ def run(args) -> int:
     if args.dry_run:
         print(json.dumps(dry_run(cfg), indent=2))
         return 0
+    if args.seeds:
+        return _run_seeds(cfg, args.seeds, not args.no_progress)
     result = train(cfg, progress=not args.no_progress)
     if os.environ.get("RANK", "0") != "0":  # under torchrun only rank 0 reports
         return 0
@@ -69,4 +81,18 @@ def run(args) -> int:
     print(f"best val mAP {s['best_val_map']:.4f} at epoch {s['best_epoch']}"
           + (f" | test mAP {s['test_map']:.4f}" if s.get("test_map") is not None else "")
           + f" | run directory: {result.run_dir}")
+    return 0
+
+
+def _run_seeds(cfg, seeds: list[int], progress: bool) -> int:
+    from ..train.seeds import train_seeds
+
+    group, doc = train_seeds(cfg, seeds, progress)
+    m, ens = doc["metrics"], doc["ensemble"]
+    fmt = (lambda d: "n/a" if d["mean"] is None else f"{d['mean']:.4f}" + (f" +- {d['sd']:.4f}" if d["sd"] is not None
+                                                                               else ""))  # noqa: E731
+    print(f"seeds {', '.join(map(str, seeds))}: best val mAP {fmt(m['best_val_map'])} | test mAP {fmt(m['test_map'])}"
+          + "".join(f" | ensemble {role} mAP {ens[role]['map']:.4f}" for role in ("val", "test") if role in ens
+                    and ens[role]["map"] is not None)
+          + f" | group directory: {group}")
     return 0

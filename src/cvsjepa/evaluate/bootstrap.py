@@ -26,18 +26,34 @@ def video_groups(video_ids: Sequence[int]) -> tuple[list[int], list[np.ndarray]]
     return order, [np.flatnonzero(vids == v) for v in order]
 
 
-def bootstrap_indices(video_ids: Sequence[int], n_resamples: int, seed: int = 0) -> Iterator[np.ndarray]:
-    """Yield ``n_resamples`` row-index arrays, each the union of whole videos drawn with replacement.
+def video_draws(n_videos: int, n_resamples: int, seed: int = 0) -> np.ndarray:
+    """int ``[n_resamples, n_videos]``: for each resample, the indices (into the sorted distinct
+    videos) of the ``n_videos`` videos drawn with replacement. Deterministic for a given ``seed``
+    (numpy ``default_rng``); the same draws as :func:`bootstrap_indices` makes, so statistics that
+    use one or the other on the same split see the same resamples."""
+    rng = np.random.default_rng(seed)
+    if n_videos == 0:
+        return np.zeros((n_resamples, 0), dtype=np.int64)
+    return np.stack([rng.integers(0, n_videos, size=n_videos) for _ in range(n_resamples)]) if n_resamples \
+        else np.zeros((0, n_videos), dtype=np.int64)
 
-    Deterministic for a given ``seed`` (numpy ``default_rng``). Rows of a video drawn k times
-    appear k times.
-    """
+
+def multiplicity(draws: np.ndarray, n_videos: int) -> np.ndarray:
+    """``draws [R, V]`` -> float ``[R, V]``: how many times each video was drawn in each resample, so a
+    per-video sum ``x [V, ...]`` over a resample is ``multiplicity @ x``."""
+    m = np.zeros((len(draws), n_videos))
+    for r, d in enumerate(draws):
+        m[r] = np.bincount(d, minlength=n_videos)
+    return m
+
+
+def bootstrap_indices(video_ids: Sequence[int], n_resamples: int, seed: int = 0) -> Iterator[np.ndarray]:
+    """Yield ``n_resamples`` row-index arrays, each the union of whole videos drawn with replacement
+    (:func:`video_draws`). Rows of a video drawn k times appear k times."""
     _, groups = video_groups(video_ids)
     if not groups:
         return
-    rng = np.random.default_rng(seed)
-    for _ in range(n_resamples):
-        drawn = rng.integers(0, len(groups), size=len(groups))
+    for drawn in video_draws(len(groups), n_resamples, seed):
         yield np.concatenate([groups[g] for g in drawn])
 
 

@@ -46,36 +46,50 @@ def plot_pr_curves(path: Path, curves: dict[str, dict], title: str) -> Path:
     return save_figure(fig, path)
 
 
-def plot_reliability(path: Path, bins: dict[str, ReliabilityBins], ece: dict[str, float], title: str) -> Path:
+def plot_reliability(path: Path, bins: dict[str, ReliabilityBins], ece: dict[str, float], title: str,
+                     after: dict[str, ReliabilityBins] | None = None, ece_after: dict[str, float] | None = None,
+                     after_title: str = "calibrated") -> Path:
     """Top: observed positive fraction vs mean predicted probability per bin (diagonal = perfectly
-    calibrated; marker area ~ bin count). Bottom: how many predictions fall in each bin."""
+    calibrated; marker area ~ bin count). Bottom: how many predictions fall in each bin. With
+    ``after`` (the same bins of the calibrated probabilities) a second column shows them."""
     plt = pyplot()
-    fig, (ax, axh) = plt.subplots(2, 1, figsize=(6, 7), gridspec_kw={"height_ratios": [3, 1]}, sharex=True)
+    panels = [("raw probabilities" if after is not None else None, bins, ece)]
+    if after is not None:
+        panels.append((after_title, after, ece_after or {}))
+    fig, axes = plt.subplots(2, len(panels), figsize=(6 * len(panels), 7), squeeze=False,
+                             gridspec_kw={"height_ratios": [3, 1]}, sharex=True)
+    for col, (name, b, e) in enumerate(panels):
+        _reliability_panel(axes[0][col], axes[1][col], b, e, name)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def _reliability_panel(ax, axh, bins: dict[str, ReliabilityBins], ece: dict[str, float], name: str | None) -> None:
     ax.plot([0, 1], [0, 1], color="grey", ls="--", lw=1, label="perfect calibration")
     n_crit = len(bins)
     width = (1.0 / len(next(iter(bins.values())).count)) / (n_crit + 1)
-    for k, (name, b) in enumerate(bins.items()):
+    for k, (crit, b) in enumerate(bins.items()):
         pts = [(m, f, c) for m, f, c in zip(b.mean_prob, b.frac_pos, b.count) if c]
+        color = None
         if pts:
             xs, ys, cs = zip(*pts)
             total = sum(cs)
-            line, = ax.plot(xs, ys, "-", lw=1.2, alpha=0.8, label=f"{name}: ECE = {ece[name]:.3f}")
+            e = ece.get(crit, math.nan)
+            line, = ax.plot(xs, ys, "-", lw=1.2, alpha=0.8, label=f"{crit}: ECE = {'n/a' if e != e else f'{e:.3f}'}")
             ax.scatter(xs, ys, s=[20 + 400 * c / total for c in cs], color=line.get_color(), alpha=0.7)
             color = line.get_color()
-        else:
-            color = None
-        axh.bar([lo + (k + 0.5) * width for lo in b.lo], b.count, width=width, color=color, label=name)
+        axh.bar([lo + (k + 0.5) * width for lo in b.lo], b.count, width=width, color=color, label=crit)
     ax.set_xlim(0, 1), ax.set_ylim(-0.02, 1.02)
     ax.set_ylabel("fraction positive (observed)")
     ax.legend(loc="upper left", fontsize=8)
     ax.grid(alpha=0.3)
-    ax.set_title(title, fontsize=10)
+    if name:
+        ax.set_title(name, fontsize=10)
     axh.set_xlabel("predicted probability (bin)")
     axh.set_ylabel("count")
     axh.set_yscale("symlog")
     axh.grid(alpha=0.3)
-    fig.tight_layout()
-    return save_figure(fig, path)
 
 
 def _pct(x: float) -> str:

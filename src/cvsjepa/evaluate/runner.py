@@ -1,14 +1,16 @@
 """`cvsjepa evaluate`: score a run's best checkpoint on val or test and write the results into the run.
 
     load RUN/checkpoints/best (and each --ensemble run's) -> re-index the data from the run's config
-    -> predict val and the evaluated split (TTA views averaged; ensemble members averaged)
-    -> thresholds on VAL by balanced accuracy -> metrics on the split -> bootstrap over videos
-    -> eval_<split>.json, thresholds.json, predictions_<split>.csv, pr_curves_<split>.png,
-       reliability_<split>.png
+    -> predict val and the evaluated split (TTA views averaged; ensemble members averaged), and
+       (time-to-CVS) every second of the split's videos
+    -> on VAL only: temperature calibration, thresholds by balanced accuracy and every operating
+       point policy -> metrics, operating points and time-to-CVS on the split -> bootstrap over videos
+    -> eval_<split>.json, thresholds.json, calibration.json, predictions_<split>.csv,
+       pr_curves_<split>.png, reliability_<split>.png
 
-Thresholds never see the evaluated split's labels unless that split is val itself (then the JSON
-says so: balanced accuracy and F1 on val are optimistic). Members are run one at a time, so an
-ensemble of ViT-L runs needs the memory of one.
+Thresholds and calibration never see the evaluated split's labels unless that split is val itself
+(then the JSON says so: balanced accuracy and F1 on val are optimistic). Members are run one at a
+time, so an ensemble of ViT-L runs needs the memory of one.
 
 On another dataset than the run was trained on (``--data-root`` elsewhere) every output name carries
 ``rundir.data_tag(root)``: the run's own predictions and thresholds.json (which ``predict`` uses) are
@@ -31,25 +33,31 @@ from ..config import RunConfig
 from ..data.endoscapes import Sample
 from ..data.loaders import SplitData, build_splits
 from ..errors import ConfigError
-from ..io import atomic_write_json
+from ..io import atomic_write_json, json_safe
 from ..checkpoint import check_probabilities
 from ..reopen import Reopen, load_run, run_config
-from ..rundir import BEST_DIR, RunDir, data_tag, eval_file, pr_curves_file, reliability_file, thresholds_file
+from ..rundir import (BEST_DIR, RunDir, calibration_file, data_tag, eval_file, pr_curves_file, reliability_file,
+                      thresholds_file)
 from .bootstrap import bootstrap_ci
 from .calibration import ECE_BINS, reliability_bins
 from .challenge import challenge_metrics
+from .decision_report import decision_report
+from .operating_points import DEFAULT_POLICY, POLICIES
+from .temperature import Temperature
+from .threshold_file import THRESHOLD_RULE, build_document, undefined_on_val as _undefined
+from .time_to_cvs import METHODS as TIME_TO_CVS_METHODS
 from .figures import plot_pr_curves, plot_reliability, pr_curve
 from .inference import Predictions, predict_loader
 from .metrics import prevalence
 from .scores import (FULL_CVS_LABEL, FULL_CVS_SCORE, bootstrap_statistic, full_cvs, per_video_ap,
                      per_video_summary, point_metrics)
-from .thresholds import balanced_accuracy, choose_thresholds
+from .thresholds import balanced_accuracy
 from .tta import TTASettings, predict_tta
 
 log = logging.getLogger("cvsjepa")
 
 ROLES = ("val", "test")
-THRESHOLD_RULE = "per criterion, the threshold maximising balanced accuracy on val (evaluate/thresholds.py)"
+SECONDS = "seconds"  # predict_members' role of the evaluated split's every-second clips (time-to-CVS)
 
 
 @dataclass(frozen=True)
@@ -62,6 +70,10 @@ class EvalOptions:
     bootstrap: int = 1000  # resamples over videos for the 95 % CIs; 0 = none
     seed: int = 0
     tag: str | None = None  # output file suffix; None: derived from TTA / ensemble
+    policy: str = DEFAULT_POLICY  # the operating point time-to-CVS declares CVS with (as predict does)
+    targets: tuple[tuple[str, float], ...] = ()  # (policy, target) pairs replacing the default targets
+    time_to_cvs: str = "seconds"  # seconds (every 1 fps clip) | keyframes (cheaper approximation) | off
+    consecutive: float = 3.0  # seconds of "cvs" in a row before CVS is declared (predict --consecutive)
 
 
 @dataclass
@@ -103,9 +115,12 @@ def check_same_samples(reference: list[str], other: list[str], ref_run: Path, ru
 
 
 def predict_members(runs: list[Path], roles: tuple[str, ...], tta: TTASettings, reopen: Reopen,
-                    device: torch.device) -> tuple[dict[str, Predictions], dict[str, dict[str, Sample]]]:
+                    device: torch.device, seconds_of: str | None = None, video_frames: dict | None = None
+                    ) -> tuple[dict[str, Predictions], dict[str, dict[str, Sample]]]:
     """Per role, the mean probability over the members (one member = no ensemble), and the first
-    member's samples by id (the labels beyond the batch keys: SAGES confidence-aware labels)."""
+    member's samples by id (the labels beyond the batch keys: SAGES confidence-aware labels).
+    ``seconds_of``: a role whose every 1 fps clip is scored too, under the role :data:`SECONDS`;
+    ``video_frames`` (a dict) receives, per role, each video's 1 fps frame list."""
     # Index every member first (cheap, no model): refuse a mismatch before any forward pass.
     ids: dict[str, list[str]] = {}
     for run in runs if len(runs) > 1 else ():
@@ -121,7 +136,13 @@ def predict_members(runs: list[Path], roles: tuple[str, ...], tta: TTASettings, 
         splits = build_splits(cfg, model.backbone.crop_size, roles=roles)
         if not samples:
             samples = {role: {s.sample_id: s for s in splits[role].index.samples} for role in roles}
-        for role in roles:
+        if seconds_of is not None:
+            from ..data.seconds import seconds_split
+
+            splits[SECONDS] = seconds_split(splits[seconds_of], cfg, model.backbone.crop_size)
+        if video_frames is not None:
+            video_frames.update({role: sd.index.video_frames for role, sd in splits.items()})
+        for role in splits:
             tag = f"{role}" + (f" [{i + 1}/{len(runs)}]" if len(runs) > 1 else "")
             p = predict_split(model, cfg, splits[role], tta, device, reopen.batch(cfg), tag, reopen.progress)
             check_probabilities(p.probs, Path(run) / BEST_DIR)
@@ -138,8 +159,7 @@ def predict_members(runs: list[Path], roles: tuple[str, ...], tta: TTASettings, 
 
 def undefined_on_val(val: Predictions, names: tuple[str, ...]) -> list[str]:
     """Criteria whose val labels are all 0 or all 1: no threshold can be chosen, 0.5 is used."""
-    pos = val.labels.round().sum(dim=0)
-    return [n for c, n in enumerate(names) if pos[c] == 0 or pos[c] == len(val.labels)]
+    return _undefined(val.labels, names)
 
 
 def output_tag(tta: TTASettings, n_members: int, tag: str | None, other_data: str = "") -> str:
@@ -171,6 +191,7 @@ def evaluate_run(run_dir: str | Path, options: EvalOptions = EvalOptions(), reop
         raise ConfigError(f"--split must be one of {', '.join(ROLES)}, got {split!r}")
     if bootstrap < 0:
         raise ConfigError(f"--bootstrap must be >= 0 (0 = no confidence intervals), got {bootstrap}")
+    check_decision_options(o)
     run = Path(run_dir)
     runs = [run] + [Path(r) for r in o.ensemble]
     if len(set(map(str, (r.resolve() for r in runs)))) < len(runs):
@@ -184,15 +205,27 @@ def evaluate_run(run_dir: str | Path, options: EvalOptions = EvalOptions(), reop
     dev = reopen.torch_device()
     roles = ("val",) if split == "val" else ("val", split)
 
-    preds, samples = predict_members(runs, roles, tta, reopen, dev)
+    frames: dict = {}
+    preds, samples = predict_members(runs, roles, tta, reopen, dev, split if o.time_to_cvs == "seconds" else None,
+                                     frames)
+    seconds = preds.pop(SECONDS, None)
     val, ev = preds["val"], preds[split]
     if len(ev.sample_ids) == 0:
         raise ConfigError(f"the {split} split has no keyframe to evaluate")
-    thresholds = choose_thresholds(val.probs, val.labels)  # val labels only, by construction
-    log.info("thresholds chosen on val (%d keyframes): %s", len(val.sample_ids),
-             ", ".join(f"{n} {t:.3f}" for n, t in zip(names, thresholds)))
+    # Everything decided from here on sees val labels only: calibration, thresholds, every policy.
+    calibration = Temperature.fit_val(val.probs, val.labels, names, cfg.data.val_split)
+    doc = build_document(val.probs, val.labels, val.video_ids, names, cfg.data.val_split, calibration,
+                         targets=dict(o.targets))
+    thresholds = doc["thresholds"]
+    log.info("thresholds chosen on val (%d keyframes): %s; temperatures %s", len(val.sample_ids),
+             ", ".join(f"{n} {t:.3f}" for n, t in zip(names, thresholds)),
+             ", ".join(f"{n} {t:.3g}" for n, t in zip(names, calibration.temperature)))
     report = build_report(ev, val, thresholds, names, o.per_video, bootstrap, o.seed, progress, split)
     report["challenge"] = challenge_report(ev, samples[split], names, o.seed)
+    report.update(decision_report(doc, calibration, ev, seconds, frames[split], names, o.policy, o.consecutive,
+                                  o.time_to_cvs, bootstrap, o.seed))
+    if split == "val":
+        report["time_to_cvs"]["note"] = "evaluated on val, where the thresholds were chosen: optimistic"
     report = {
         "run": str(run), "split": split, "split_name": role_split(cfg, split), "data_root": cfg.data.root,
         "checkpoint": {"path": str(run / BEST_DIR), "epoch": meta.get("epoch"),
@@ -210,7 +243,7 @@ def evaluate_run(run_dir: str | Path, options: EvalOptions = EvalOptions(), reop
         "cvsjepa_version": __version__,
     }
     suffix = output_tag(tta, len(runs), o.tag, other_data)
-    files = write_outputs(run, split, suffix, report, preds, thresholds, val, names, cfg)
+    files = write_outputs(run, split, suffix, report, preds, doc, calibration, names)
     report["seconds"] = round(time.time() - t0, 1)
     atomic_write_json(files["json"], json_safe(report))
     return EvalResult(run, split, files, report)
@@ -269,37 +302,45 @@ def challenge_report(ev: Predictions, samples: dict[str, Sample], names: tuple[s
 
 
 def write_outputs(run: Path, split: str, suffix: str, report: dict, preds: dict[str, Predictions],
-                  thresholds: list[float], val: Predictions, names: tuple[str, ...], cfg: RunConfig) -> dict:
+                  doc: dict, calibration: Temperature, names: tuple[str, ...]) -> dict:
     files = {"json": run / eval_file(split, suffix), "thresholds": run / thresholds_file(suffix),
+             "calibration": run / calibration_file(suffix),
              "pr_curves": run / pr_curves_file(split, suffix), "reliability": run / reliability_file(split, suffix)}
     for role, p in preds.items():
         files[f"predictions_{role}"] = RunDir(run).write_predictions(role, p, names, tag=suffix)
     atomic_write_json(files["thresholds"], json_safe({
-        "criteria": list(names), "thresholds": thresholds, "chosen_on": "val", "val_split": cfg.data.val_split,
-        "rule": THRESHOLD_RULE, "undefined_on_val": undefined_on_val(val, names),
-        "n_val_samples": len(val.sample_ids), "n_val_videos": len(set(val.video_ids)),
-        "val_balanced_accuracy": report["val_balanced_accuracy_at_thresholds"],
+        **doc, "val_balanced_accuracy": report["val_balanced_accuracy_at_thresholds"],
         "tta": report["tta"], "ensemble": report["ensemble"], "written_by": f"cvsjepa evaluate {__version__}",
         "note": "predictions are positive when prob >= threshold; use them with the same TTA/ensemble settings"}))
+    atomic_write_json(files["calibration"], json_safe({**calibration.to_dict(), "tta": report["tta"],
+                                                       "ensemble": report["ensemble"]}))
     title = (f"{run.name} - {split} ({report['n_samples']} keyframes, {report['n_videos']} videos)"
              + (f" [{suffix}]" if suffix else ""))
     plot_pr_curves(files["pr_curves"], report["figures"]["pr_curves"], f"Precision-recall, {title}")
-    bins = {n: reliability_bins(preds[split].probs[:, c], preds[split].labels[:, c], ECE_BINS)
-            for c, n in enumerate(names)}
+    ev = preds[split]
+    bins = {n: reliability_bins(ev.probs[:, c], ev.labels[:, c], ECE_BINS) for c, n in enumerate(names)}
+    cal = calibration.apply(ev.probs.double())
+    after = {n: reliability_bins(cal[:, c], ev.labels[:, c], ECE_BINS) for c, n in enumerate(names)}
+    temps = ", ".join(f"{n} {t:.2f}" for n, t in zip(names, calibration.temperature))
     plot_reliability(files["reliability"], bins, {n: report["metrics"][f"ece_{n}"] for n in names},
-                     f"Reliability ({ECE_BINS} bins), {title}")
+                     f"Reliability ({ECE_BINS} bins), {title}", after,
+                     {n: report["calibration"]["after"][f"ece_{n}"] for n in names},
+                     f"calibrated on val (T = {temps})")
     report["files"] = {k: str(v) for k, v in files.items()}
     return files
 
 
-def json_safe(obj):
-    """NaN/inf -> None, recursively, so the JSON is strict (readable by any JSON parser)."""
-    if hasattr(obj, "item") and getattr(obj, "ndim", 1) == 0:  # numpy / torch scalars
-        obj = obj.item()
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [json_safe(v) for v in obj]
-    return obj
+def check_decision_options(o: EvalOptions) -> None:
+    """One clear line for a bad policy, target, time-to-CVS method or consecutive value."""
+    if o.policy not in POLICIES:
+        raise ConfigError(f"--policy must be one of {', '.join(POLICIES)}, got {o.policy!r}")
+    if o.time_to_cvs not in TIME_TO_CVS_METHODS:
+        raise ConfigError(f"--time-to-cvs must be one of {', '.join(TIME_TO_CVS_METHODS)}, got {o.time_to_cvs!r}")
+    if not o.consecutive > 0:
+        raise ConfigError(f"--consecutive must be > 0 seconds, got {o.consecutive}")
+    for policy, target in o.targets:
+        if policy not in POLICIES or policy == "balanced":
+            raise ConfigError(f"--target {policy}=...: only {', '.join(p for p in POLICIES if p != 'balanced')} "
+                              f"take a target")
+        if not 0.0 < target < 1.0:
+            raise ConfigError(f"--target {policy}={target}: a target must lie strictly between 0 and 1")

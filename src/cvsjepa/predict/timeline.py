@@ -6,10 +6,15 @@ before the start. Frames go through :func:`cvsjepa.data.transforms.preprocess_fr
 time as they are decoded; only the last ``(frames - 1) * stride + 1`` preprocessed frames are kept,
 and the heap is trimmed every few minutes of video (:func:`trim_heap`), so memory stays flat.
 
+Probabilities are calibrated when the run has a calibration (:mod:`cvsjepa.evaluate.temperature`).
 ``p_all`` is the **product** ``p_C1 * p_C2 * p_C3`` (P(all three) if the criteria were
-independent given the clip; the same definition ``cvsjepa evaluate`` uses). CVS counts as reached
-at ``t`` when every criterion is ``>=`` its threshold at ``t`` and at each sample of the next
-``consecutive`` seconds, i.e. ``round(consecutive * fps)`` consecutive samples starting at ``t``.
+independent given the clip; the same definition ``cvsjepa evaluate`` uses). Each sample is in one
+of three states, ``cvs``, ``uncertain`` or ``no_cvs``, by the decision rule
+(:class:`cvsjepa.evaluate.decision.DecisionRule`: the ``specificity`` policy's thresholds for
+``cvs``, the ``sensitivity`` policy's as the lower edge of ``uncertain``). CVS counts as reached at
+``t`` when the sample at ``t`` and each sample of the next ``consecutive`` seconds is ``cvs``, i.e.
+``round(consecutive * fps)`` consecutive samples starting at ``t``. A rule whose policy val could not
+support never reaches CVS, and the summary says why.
 """
 
 from __future__ import annotations
@@ -31,13 +36,14 @@ from tqdm.auto import tqdm
 from ..criteria import CRITERIA
 from ..data.endoscapes import causal_clip
 from ..data.transforms import preprocess_frames
-from ..io import atomic_write_json, atomic_write_text
 from ..data.video import SampledFrame
+from ..evaluate.decision import STATES, DecisionRule, consecutive_samples, first_run_start
+from ..io import atomic_write_json, atomic_write_text
 
 log = logging.getLogger("cvsjepa")
 
 FORMAT = "cvsjepa-timeline"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: decision rule (policy, band, states), calibration
 TRIM_EVERY = 256  # samples between heap trims (about 4 minutes of video at 1 fps)
 _MALLOC_TRIM = None  # glibc's malloc_trim, looked up once; False where there is none
 
@@ -71,14 +77,15 @@ class Timeline:
     """Per-sample CVS probabilities for one video.
 
     ``times`` [T] seconds from the first frame, ``frame_indices`` [T] the source frame shown,
-    ``probs`` float [T, 3] (C1, C2, C3). ``complete`` is False when reading stopped early; ``errors``
-    says why, ``warnings`` lists what was skipped.
+    ``probs`` float [T, 3] (C1, C2, C3; calibrated when ``calibration`` is set). ``rule`` decides the
+    states (given only ``thresholds``: a two-state rule with those). ``complete`` is False when
+    reading stopped early; ``errors`` says why, ``warnings`` lists what was skipped.
     """
 
     times: np.ndarray
     frame_indices: np.ndarray
     probs: np.ndarray
-    thresholds: tuple[float, float, float]
+    thresholds: tuple[float | None, ...] | None
     fps: float
     consecutive_s: float = 3.0
     criteria: tuple[str, ...] = CRITERIA
@@ -88,6 +95,14 @@ class Timeline:
     complete: bool = True
     errors: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    rule: DecisionRule | None = None
+    calibration: dict | None = None  # evaluate/temperature.py's to_dict() of the map applied, or None
+    raw_probs: np.ndarray | None = None  # [T, 3] the model's sigmoid outputs before calibration (None: = probs)
+
+    def __post_init__(self):
+        if self.rule is None:
+            self.rule = DecisionRule(tuple(self.thresholds))
+        self.thresholds = tuple(self.rule.thresholds)
 
     def __len__(self) -> int:
         return len(self.times)
@@ -99,12 +114,17 @@ class Timeline:
 
     @property
     def passing(self) -> np.ndarray:
-        """[T] bool: every criterion >= its threshold."""
-        return (self.probs >= np.asarray(self.thresholds)).all(axis=1) if len(self.probs) else np.zeros(0, bool)
+        """[T] bool: every criterion >= its threshold (state ``cvs``)."""
+        return self.rule.passing(self.probs) if len(self.probs) else np.zeros(0, bool)
+
+    @property
+    def states(self) -> np.ndarray:
+        """[T] int8 codes into :data:`cvsjepa.evaluate.decision.STATES`."""
+        return self.rule.states(self.probs) if len(self.probs) else np.zeros(0, np.int8)
 
     @property
     def consecutive_samples(self) -> int:
-        return max(1, round(self.consecutive_s * self.fps))
+        return consecutive_samples(self.consecutive_s, self.fps)
 
     @property
     def cvs_reached_at(self) -> float | None:
@@ -113,10 +133,11 @@ class Timeline:
         return None if i is None else float(self.times[i])
 
     def summary(self) -> str:
-        th = "/".join(f"{t:.3g}" for t in self.thresholds)
-        rule = f"{'/'.join(self.criteria)} >= {th} for {self.consecutive_s:g} consecutive s"
+        rule = f"{self.rule.describe(self.criteria)}; for {self.consecutive_s:g} consecutive s"
         when = self.cvs_reached_at
-        if when is not None:
+        if not self.rule.can_declare:
+            head = f"CVS not declared: {self.rule.reason} ({rule})"
+        elif when is not None:
             head = f"CVS reached at {format_clock(when)} ({when:.0f} s; {rule})"
         else:
             head = f"CVS never reached ({rule}; longest run {longest_run(self.passing) / self.fps:g} s)"
@@ -130,18 +151,30 @@ class Timeline:
 
     # ------------------------------------------------------------------ outputs
     def rows(self) -> list[dict]:
-        p_all, passing = self.p_all, self.passing
+        p_all, passing, states = self.p_all, self.passing, self.states
+        raw = self.raw_probs
         return [{"time_s": round(float(self.times[i]), 6), "frame_index": int(self.frame_indices[i]),
                  **{f"p_{c}": round(float(self.probs[i, j]), 6) for j, c in enumerate(self.criteria)},
-                 "p_all": round(float(p_all[i]), 6), "pass": bool(passing[i])} for i in range(len(self))]
+                 "p_all": round(float(p_all[i]), 6), "pass": bool(passing[i]), "state": STATES[states[i]],
+                 **({} if raw is None else {f"raw_{c}": round(float(raw[i, j]), 6) for j, c in enumerate(self.criteria)})}
+                for i in range(len(self))]
+
+    def rule_columns(self) -> dict:
+        """The constant columns that say, on every CSV row, which policy and thresholds decided."""
+        fmt = (lambda t: "" if t is None else round(float(t), 6))  # noqa: E731
+        band = self.rule.band or (None,) * len(self.criteria)
+        return {"policy": self.rule.policy, **{f"threshold_{c}": fmt(t) for c, t in zip(self.criteria, self.thresholds)},
+                **{f"uncertain_from_{c}": fmt(b) for c, b in zip(self.criteria, band)}}
 
     def to_csv(self, path: str | Path) -> Path:
-        """``time_s, frame_index, p_C1, p_C2, p_C3, p_all`` (one row per sample)."""
+        """``time_s, frame_index, p_C1, p_C2, p_C3, p_all, state`` then the rule's constant columns
+        (``policy, threshold_C*, uncertain_from_C*``), one row per sample."""
         buf = io.StringIO()
-        columns = ["time_s", "frame_index", *(f"p_{c}" for c in self.criteria), "p_all"]
+        fixed = self.rule_columns()
+        columns = ["time_s", "frame_index", *(f"p_{c}" for c in self.criteria), "p_all", "state", *fixed]
         w = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
         w.writeheader()
-        w.writerows(self.rows())
+        w.writerows({**r, **fixed} for r in self.rows())
         atomic_write_text(Path(path), buf.getvalue())
         return Path(path)
 
@@ -150,8 +183,14 @@ class Timeline:
                 "complete": self.complete, "errors": self.errors, "warnings": self.warnings,
                 "cvs_reached_at_s": self.cvs_reached_at, "consecutive_s": self.consecutive_s,
                 "fps": self.fps, "thresholds": list(self.thresholds), "criteria": list(self.criteria),
+                "decision": self.rule.to_dict(), "calibration": self.calibration,
+                "seconds_per_state": self.seconds_per_state(),
                 "p_all": "product of p_C1, p_C2, p_C3", "video": self.video, "model": self.model,
                 "decode": self.decode, "timeline": self.rows()}
+
+    def seconds_per_state(self) -> dict[str, float]:
+        counts = np.bincount(self.states.astype(np.int64), minlength=len(STATES))
+        return {name: float(counts[k]) / self.fps for k, name in enumerate(STATES)}
 
     def to_json(self, path: str | Path) -> Path:
         atomic_write_json(Path(path), self.to_dict())
@@ -161,15 +200,22 @@ class Timeline:
     def from_json(cls, path: str | Path) -> "Timeline":
         d = json.loads(Path(path).read_text())
         rows, crit = d["timeline"], tuple(d["criteria"])
+        raw = None
+        if rows and f"raw_{crit[0]}" in rows[0]:
+            raw = np.array([[r[f"raw_{c}"] for c in crit] for r in rows], float).reshape(-1, len(crit))
         return cls(times=np.array([r["time_s"] for r in rows], float),
                    frame_indices=np.array([r["frame_index"] for r in rows], int),
                    probs=np.array([[r[f"p_{c}"] for c in crit] for r in rows], float).reshape(-1, len(crit)),
+                   raw_probs=raw,
                    thresholds=tuple(d["thresholds"]), fps=d["fps"], consecutive_s=d["consecutive_s"],
                    criteria=crit, video=d["video"], model=d["model"], decode=d["decode"],
-                   complete=d["complete"], errors=d["errors"], warnings=d["warnings"])
+                   complete=d["complete"], errors=d["errors"], warnings=d["warnings"],
+                   rule=DecisionRule.from_dict(d["decision"]) if d.get("decision") else None,
+                   calibration=d.get("calibration"))
 
     def plot(self, path: str | Path) -> Path:
-        """The three probabilities over time, thresholds dashed, shaded where all three pass."""
+        """The three probabilities over time, the rule's thresholds dashed (the uncertain band's lower
+        edges dotted), shaded green where the state is ``cvs`` and yellow where ``uncertain``."""
         from ..plots import pyplot, save_figure
 
         plt = pyplot()
@@ -178,23 +224,30 @@ class Timeline:
         t = self.times / scale
         fig, ax = plt.subplots(figsize=(min(24, 8 + len(self) / 400), 4))
         colours = ("tab:blue", "tab:orange", "tab:green")
+        band = self.rule.band or (None,) * len(self.criteria)
         for j, c in enumerate(self.criteria):
+            thr = self.thresholds[j]
             ax.plot(t, self.probs[:, j], color=colours[j % 3], lw=1.2,
-                    label=f"P({c}), threshold {self.thresholds[j]:.2f} dashed")
-            ax.axhline(self.thresholds[j], color=colours[j % 3], ls="--", lw=0.9, alpha=0.8)
+                    label=f"P({c}), threshold {'n/a' if thr is None else f'{thr:.2f}'} dashed")
+            if thr is not None:
+                ax.axhline(thr, color=colours[j % 3], ls="--", lw=0.9, alpha=0.8)
+            if band[j] is not None:
+                ax.axhline(band[j], color=colours[j % 3], ls=":", lw=0.9, alpha=0.8)
         width = 1.0 / self.fps / scale
-        for i, (start, stop) in enumerate(_runs(self.passing)):
-            ax.axvspan(t[start], t[stop - 1] + width, color="tab:green", alpha=0.15, lw=0,
-                       label="all three pass" if i == 0 else None)
+        states = self.states
+        for code, colour, name in ((2, "tab:green", "cvs (all three pass)"), (1, "gold", "uncertain")):
+            for i, (start, stop) in enumerate(_runs(states == code)):
+                ax.axvspan(t[start], t[stop - 1] + width, color=colour, alpha=0.15, lw=0,
+                           label=name if i == 0 else None)
         when = self.cvs_reached_at
         if when is not None:
             ax.axvline(when / scale, color="black", lw=1, label=f"CVS at {format_clock(when)}")
         ax.set_ylim(0, 1)
         ax.set_xlabel("time (min)" if minutes else "time (s)")
-        ax.set_ylabel("probability")
+        ax.set_ylabel("probability" + (" (calibrated)" if self.calibration else ""))
         ax.legend(fontsize=8, loc="upper left")
         name = Path(self.video.get("path", "")).name
-        ax.set_title(f"{name}: {self.summary()}", fontsize=8)
+        ax.set_title(f"{name}: {self.summary()}", fontsize=8, wrap=True)
         fig.tight_layout()
         return save_figure(fig, path)
 
@@ -217,7 +270,7 @@ def run_clips(clips: Iterable[tuple[ClipMeta, torch.Tensor]], predict: Callable[
 
     def flush() -> None:
         if batch:
-            out.append(predict(torch.stack(batch)).float().cpu().numpy())
+            out.append(predict(torch.stack(batch)).double().cpu().numpy())  # float64: compared with float64 thresholds
             batch.clear()
 
     for meta, clip in clips:
@@ -228,15 +281,19 @@ def run_clips(clips: Iterable[tuple[ClipMeta, torch.Tensor]], predict: Callable[
         if on_clip is not None:
             on_clip(meta)
     flush()
-    probs = np.concatenate(out) if out else np.zeros((0, 3), np.float32)
+    probs = np.concatenate(out) if out else np.zeros((0, 3), np.float64)
     return metas, probs
 
 
 def build_timeline(reader, predict: Callable[[torch.Tensor], torch.Tensor], *, crop: int, frames: int,
-                   stride: int, thresholds: tuple[float, float, float], consecutive_s: float = 3.0,
+                   stride: int, thresholds: tuple[float, ...] | None = None, consecutive_s: float = 3.0,
                    batch_size: int = 8, progress: bool = False, model_info: dict | None = None,
-                   criteria: tuple[str, ...] = CRITERIA) -> Timeline:
-    """Read ``reader`` (:func:`cvsjepa.data.video.open_frames`) to the end, or to where it fails."""
+                   criteria: tuple[str, ...] = CRITERIA, rule: DecisionRule | None = None,
+                   calibration=None) -> Timeline:
+    """Read ``reader`` (:func:`cvsjepa.data.video.open_frames`) to the end, or to where it fails.
+    ``predict`` gives the model's probabilities; ``calibration`` (a
+    :class:`~cvsjepa.evaluate.temperature.Temperature`, or None) maps them to the ones shown;
+    ``rule`` (or plain ``thresholds``) decides the states."""
     if batch_size < 1:
         raise ValueError(f"batch size must be >= 1, got {batch_size}")
     info, report, fps = reader.info, reader.report, reader.fps
@@ -255,12 +312,16 @@ def build_timeline(reader, predict: Callable[[torch.Tensor], torch.Tensor], *, c
         bar.close()
     for w in report.warnings:
         log.warning("%s: %s", info.path, w)
+    raw = probs.astype(float).reshape(-1, 3)
     return Timeline(times=np.array([m.time_s for m in metas], float),
                     frame_indices=np.array([m.frame_index for m in metas], int),
-                    probs=probs.astype(float).reshape(-1, 3), thresholds=tuple(float(t) for t in thresholds),
+                    probs=raw if calibration is None else calibration.apply(raw),
+                    raw_probs=None if calibration is None else raw,
+                    thresholds=None if thresholds is None else tuple(float(t) for t in thresholds),
                     fps=fps, consecutive_s=float(consecutive_s), criteria=tuple(criteria), video=info.to_dict(),
                     model=model_info or {}, decode=report.to_dict(), complete=report.complete,
-                    errors=list(report.errors), warnings=list(report.warnings))
+                    errors=list(report.errors), warnings=list(report.warnings), rule=rule,
+                    calibration=None if calibration is None else calibration.to_dict())
 
 
 def trim_heap() -> None:
@@ -280,16 +341,6 @@ def trim_heap() -> None:
             _MALLOC_TRIM = False
     if _MALLOC_TRIM:
         _MALLOC_TRIM(0)
-
-
-def first_run_start(passing: np.ndarray, n: int) -> int | None:
-    """Index of the first ``n`` consecutive True values, or None."""
-    run = 0
-    for i, ok in enumerate(passing):
-        run = run + 1 if ok else 0
-        if run >= n:
-            return i - n + 1
-    return None
 
 
 def longest_run(passing: np.ndarray) -> int:
