@@ -144,7 +144,8 @@ def decision_summary(r: dict, policy: str) -> str:
                          f"early call(s)")
             lines.append(f"  false early call rate {_num(s['false_early_call_rate'])}{_ci(ci.get('false_early_call_rate'))}"
                          f"; missed rate {_num(s['missed_rate'])}{_ci(ci.get('missed_rate'))}"
-                         f"; median latency {_num(s['median_latency_s'], '.1f')} s"
+                         f"; median latency {_num(s['median_latency_s'], '.1f')}"
+                         f"{'' if s['median_latency_s'] is None or s['median_latency_s'] != s['median_latency_s'] else ' s'}"
                          f"{_ci(ci.get('median_latency_s')).replace('.000', '')}")
     return "\n".join(lines)
 

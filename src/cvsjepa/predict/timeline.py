@@ -227,8 +227,9 @@ class Timeline:
         band = self.rule.band or (None,) * len(self.criteria)
         for j, c in enumerate(self.criteria):
             thr = self.thresholds[j]
+            edge = "" if band[j] is None else f", uncertain from {band[j]:.2f} dotted"
             ax.plot(t, self.probs[:, j], color=colours[j % 3], lw=1.2,
-                    label=f"P({c}), threshold {'n/a' if thr is None else f'{thr:.2f}'} dashed")
+                    label=f"P({c}): cvs from {'n/a' if thr is None else f'{thr:.2f}'} dashed{edge}")
             if thr is not None:
                 ax.axhline(thr, color=colours[j % 3], ls="--", lw=0.9, alpha=0.8)
             if band[j] is not None:
