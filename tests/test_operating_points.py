@@ -4,18 +4,14 @@ why when val cannot support it), the temperature calibration fitted on val, and 
 from __future__ import annotations
 
 import math
-from typing import get_args
-
 import numpy as np
 import pytest
 import torch
 
-from cvsjepa.config import DecisionPolicy
 from cvsjepa.evaluate.calibration import brier_score
 from cvsjepa.evaluate.decision import STATES, DecisionRule
 from cvsjepa.evaluate.metrics import cvs_average_precision
-from cvsjepa.evaluate.operating_points import (DEFAULT_TARGETS, POLICIES, choose, choose_policies, min_count,
-                                               read_policy)
+from cvsjepa.evaluate.operating_points import POLICIES, choose, choose_policies, min_count, read_policy
 from cvsjepa.evaluate.temperature import T_MAX, Temperature, nll
 from cvsjepa.evaluate.threshold_file import build_document, parse_document
 
@@ -34,10 +30,6 @@ def rates_at(s, y, t) -> dict:
     tp, fp, tn, fn = (pred & pos).sum(), (pred & ~pos).sum(), (~pred & ~pos).sum(), (~pred & pos).sum()
     return {"sensitivity": tp / (tp + fn), "specificity": tn / (tn + fp), "ppv": tp / max(tp + fp, 1),
             "tp": tp, "tn": tn}
-
-
-def test_policy_registry_matches_the_config_choices():
-    assert set(POLICIES) == set(get_args(DecisionPolicy)) == set(DEFAULT_TARGETS)
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])

@@ -11,7 +11,9 @@ import torch
 from cvsjepa import CRITERIA
 from cvsjepa.backbones import build_backbone
 from cvsjepa.backbones.registry import FAMILIES
-from cvsjepa.config import BackboneConfig, BackboneFamily, HeadConfig, HeadType, LossConfig, LossType, StoreDtype
+from cvsjepa.config import (BackboneConfig, BackboneFamily, DecisionPolicy, HeadConfig, HeadType, LossConfig,
+                            LossType, StoreDtype)
+from cvsjepa.evaluate.operating_points import DEFAULT_TARGETS, POLICIES
 from cvsjepa.features.encoding import ENCODINGS
 from cvsjepa.heads import HEADS, build_head
 from cvsjepa.train.losses import build_loss
@@ -21,6 +23,7 @@ def test_registries_match_the_config_choices():
     assert set(HEADS) == set(get_args(HeadType))
     assert set(ENCODINGS) == set(get_args(StoreDtype))
     assert {build_loss(LossConfig(type=t)).kind for t in get_args(LossType)} == set(get_args(LossType))
+    assert set(POLICIES) == set(get_args(DecisionPolicy)) == set(DEFAULT_TARGETS)
 
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))

@@ -43,6 +43,15 @@ def test_runs_table(two_runs, tmp_path, capsys):
     assert by["grp"]["seeds"] == "2" and " +- " in out
 
 
+def test_demo_report_prints_the_operating_point(two_runs):
+    from cvsjepa.demo import operating_point
+
+    text = operating_point(two_runs / "base")
+    assert text.startswith("operating point (what `cvsjepa predict` uses): specificity >= 0.95")
+    assert "calibrated on val: T = C1" in text
+    assert ("CVS would never be declared: val cannot support" in text) != ("test, full CVS declared" in text)
+
+
 def test_seed_group_layout_summary_and_ensemble(two_runs, synth_root, capsys):
     grp = two_runs / "grp"
     doc = json.loads((grp / "group.json").read_text())

@@ -72,5 +72,6 @@ def format_result(res: dict) -> str:
                      f"[{_f(lo, True)}, {_f(hi, True)}], p = {_p(c['p_value'], b)}")
         for n, d in c["per_criterion"].items():
             lo, hi = d["ci95"]
-            lines.append(f"      AP {n}: {_f(d['difference'], True)} [{_f(lo, True)}, {_f(hi, True)}], p = {_p(d['p_value'], b)}")
+            lines.append(f"      AP {n}: {_f(d['difference'], True)} [{_f(lo, True)}, {_f(hi, True)}], "
+                         f"p = {_p(d['p_value'], b)}")
     return "\n".join(lines)

@@ -45,7 +45,6 @@ DEFAULT_POLICY = "specificity"  # what predict uses for "CVS reached" unless tol
 BAND_POLICY = "sensitivity"  # lower edge of the "uncertain" state
 DEFAULT_TARGETS: dict[str, float | None] = {"balanced": None, "specificity": 0.95, "precision": 0.80,
                                             "sensitivity": 0.90}
-RATE_OF = {"specificity": "specificity", "precision": "ppv", "sensitivity": "sensitivity"}
 
 
 def min_count(target: float) -> int:

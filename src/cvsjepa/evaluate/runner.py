@@ -20,7 +20,6 @@ never replaced by an evaluation on other data.
 from __future__ import annotations
 
 import logging
-import math
 import re
 import time
 from dataclasses import dataclass

@@ -135,7 +135,9 @@ class Temperature:
         except (TypeError, ValueError):
             ts = ()
         if not isinstance(crit, list) or len(ts) != len(crit) or not all(math.isfinite(t) and t > 0 for t in ts):
-            raise ValueError(f"{where}: 'temperature' must hold one positive number per criterion, got {d.get('temperature')!r}")
+            raise ValueError(f"{where}: 'temperature' must hold one positive number per criterion, "
+                             f"got {d.get('temperature')!r}")
         notes = tuple(d.get("notes") or [None] * len(ts))
-        fit = {k: v for k, v in d.items() if k not in ("method", "formula", "criteria", "temperature", "notes", "bounds")}
+        own = ("method", "formula", "criteria", "temperature", "notes", "bounds")
+        fit = {k: v for k, v in d.items() if k not in own}
         return cls(tuple(crit), ts, notes, fit)
