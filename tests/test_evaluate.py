@@ -249,8 +249,8 @@ def test_time_to_cvs_scores_every_second_as_predict_does(run_dir, synth_root, tm
     from cvsjepa.predict.timeline import Timeline
 
     frames: dict = {}
-    preds = predict_members([run_dir], ("test",), TTASettings(), Reopen(progress=False), torch.device("cpu"),
-                            seconds_of="test", video_frames=frames)
+    preds, _ = predict_members([run_dir], ("test",), TTASettings(), Reopen(progress=False), torch.device("cpu"),
+                               seconds_of="test", video_frames=frames)
     sec, kf = preds[SECONDS], preds["test"]
     rule = DecisionRule(tuple(float(x) for x in sec.probs.median(dim=0).values))  # passes now and then
     rows = {r["video_id"]: r for r in time_to_cvs_rows(kf, sec, frames["test"], rule, None, 2)}

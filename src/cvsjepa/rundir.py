@@ -263,7 +263,7 @@ class RunDir:
             with open(path, newline="") as f:
                 rows = list(csv.DictReader(f))
             return {"sample_ids": [r["sample_id"] for r in rows],
-                    "video_ids": [int(r["video_id"]) for r in rows],
+                    "video_ids": [_video_id(r["video_id"]) for r in rows],
                     "frames": [int(r["frame"]) for r in rows],
                     "probs": [[float(r[f"prob_{n}"]) for n in names] for r in rows],
                     "labels": [[float(r[f"label_{n}"]) for n in names] for r in rows],
@@ -354,6 +354,11 @@ def with_saved_splits(cfg: RunConfig, folder: str | Path | None) -> RunConfig:
     if cfg.data.splits_file or saved is None or not saved.is_file():
         return cfg
     return replace(cfg, data=replace(cfg.data, splits_file=str(saved)))
+
+
+def _video_id(text: str) -> int | str:
+    """A predictions file's video id: Endoscapes' numbers as int, SAGES' names as they are."""
+    return int(text) if text.strip().lstrip("-").isdigit() else text
 
 
 def _mkdir(path: Path, parents: bool = False, exist_ok: bool = False) -> bool:

@@ -30,7 +30,8 @@ def add_parser(sub) -> None:
                     "Exit status: 0 done; 2 the input or run cannot be used; "
                     f"{EXIT_INCOMPLETE} the video failed part way (the timeline up to there is written, the "
                     "error is in timeline.json). With --format sages2024 it writes the SAGES CVS Challenge 2024 "
-                    "submission instead: DIR/cvs-criteria.json = {\"overall_outputs\": 90 x 3 probabilities}, "
+                    "submission instead: DIR/cvs-criteria.json = {\"overall_outputs\": 90 x 3 (calibrated) "
+                    "probabilities}, "
                     "one row per second of a 90-s 1 fps video, after the challenge's own checks (shape, range; "
                     "a failure exits 2 and writes nothing). See docs/predict.md for the container recipe.")
     p.add_argument("input", metavar="VIDEO_OR_FRAME_DIR", help="a video file, or a folder of one video's frames")
@@ -44,7 +45,7 @@ def add_parser(sub) -> None:
                    help="sampling rate (default: the training rate, 1); for a folder, the rate its frames were "
                         "taken at")
     p.add_argument("--consecutive", type=float, default=3.0, metavar="K",
-                   help="seconds all three criteria must pass in a row for CVS to count as reached (default 3)")
+                   help="seconds in state cvs in a row for CVS to count as reached (default 3)")
     p.add_argument("--batch-size", type=int, default=8, metavar="B", help="clips per forward pass (default 8)")
     p.add_argument("--policy", default=None, choices=get_args(DecisionPolicy),
                    help="operating point that declares CVS (default specificity: the lowest thresholds with val "

@@ -19,9 +19,12 @@ from .threshold_file import parse_document
 from .time_to_cvs import time_to_cvs_report, video_time_to_cvs
 
 
-def _by_video(preds) -> dict[int, np.ndarray]:
-    vids = np.asarray(preds.video_ids)
-    return {int(v): np.flatnonzero(vids == v) for v in sorted(set(vids.tolist()))}
+def _by_video(preds) -> dict:
+    """video id (int for Endoscapes, name for SAGES) -> its rows, videos in sorted order."""
+    rows: dict = {}
+    for i, v in enumerate(preds.video_ids):
+        rows.setdefault(v, []).append(i)
+    return {v: np.asarray(rows[v]) for v in sorted(rows)}
 
 
 def time_to_cvs_rows(keyframes, series, video_frames: dict[int, list[int]], rule: DecisionRule,

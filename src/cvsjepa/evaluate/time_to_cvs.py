@@ -54,7 +54,7 @@ def first_full_cvs_time(kf_times, kf_labels) -> float | None:
     return float(np.asarray(kf_times, dtype=np.float64)[hit[0]]) if len(hit) else None
 
 
-def video_time_to_cvs(video_id: int, times, probs, kf_times, kf_labels, rule: DecisionRule,
+def video_time_to_cvs(video_id: int | str, times, probs, kf_times, kf_labels, rule: DecisionRule,
                       n_consecutive: int) -> dict:
     """One video's row (keys in the module docstring). ``times [T]`` ascending with ``probs [T, C]``
     (calibrated, as predict shows them); ``kf_times [K]`` with ``kf_labels [K, C]``."""
@@ -63,7 +63,7 @@ def video_time_to_cvs(video_id: int, times, probs, kf_times, kf_labels, rule: De
     declared = None if i is None else float(times[i])
     first = first_full_cvs_time(kf_times, kf_labels)
     early = declared is not None and (first is None or declared < first)
-    return {"video_id": int(video_id), "declared_at_s": declared, "first_full_cvs_label_s": first,
+    return {"video_id": video_id, "declared_at_s": declared, "first_full_cvs_label_s": first,
             "latency_s": None if declared is None or first is None else declared - first,
             "false_early_call": bool(early), "n_seconds": int(len(times)), "n_keyframes": int(len(kf_times))}
 

@@ -5,7 +5,7 @@
     DIR/Dockerfile, DIR/entrypoint.sh      from scripts/sages_container/ (copied, not generated)
     DIR/run/checkpoints/best/              the run's best checkpoint; backbone.path rewritten to
                                            BACKBONE_IN_CONTAINER when the run used local weights
-    DIR/run/thresholds.json                when the run has one (not needed for probabilities)
+    DIR/run/thresholds.json                when the run has one: its calibration maps the probabilities
     DIR/backbone/                          those local weights (empty for a named random preset)
 
 The weights fingerprint in the checkpoint is unchanged, so the container refuses other weights
