@@ -141,3 +141,16 @@ def test_draws_are_shared_with_the_row_bootstrap():
     draws = video_draws(3, 5, seed=3)
     groups = [np.array([0, 1]), np.array([2]), np.array([3, 4, 5])]
     assert all((r == np.concatenate([groups[g] for g in d])).all() for r, d in zip(rows, draws))
+
+
+def test_named_videos_read_back_and_compare(tmp_path):
+    """SAGES videos are names, not numbers: the predictions file keeps them and compare groups by them."""
+    a, b = small_case()
+    named = [f"case_{v:03d}" for v in a.video_ids]
+    ra = _fake_run(tmp_path / "a", Scored("A", a.sample_ids, named, a.labels, a.probs))
+    rb = _fake_run(tmp_path / "b", Scored("B", b.sample_ids, named, b.labels, b.probs))
+    assert RunDir(ra).read_predictions("test")["video_ids"] == named
+    assert main(["compare", str(ra), str(rb), "--bootstrap", "100", "--out", str(tmp_path / "c.json")]) == 0
+    res = json.loads((tmp_path / "c.json").read_text())
+    want = compare([a, b], NAMES, n_boot=100)  # the same videos under numbers: the same draws, the same answer
+    assert res["n_videos"] == 4 and res["comparisons"][0]["ci95"] == pytest.approx(want["comparisons"][0]["ci95"])
