@@ -350,7 +350,11 @@ def test_cli_errors_are_one_line(tmp_path, capsys, make, needle):
 
 
 @pytest.mark.parametrize("args,needle", [(["--tta", "3"], "S,T"), (["--tta", "12,1"], "between 1 and 9"),
-                                         (["--bootstrap", "-1"], "bootstrap")])
+                                         (["--bootstrap", "-1"], "bootstrap"),
+                                         (["--target", "balanced=0.9"], "take a target"),
+                                         (["--target", "specificity=1.5"], "strictly between 0 and 1"),
+                                         (["--target", "specificity"], "POLICY=VALUE"),
+                                         (["--consecutive", "0"], "--consecutive")])
 def test_cli_bad_options_are_one_line(run_dir, capsys, args, needle):
     rc = main(["evaluate", str(run_dir), *args, "--no-progress"])
     err = capsys.readouterr().err.strip()
