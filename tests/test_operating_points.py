@@ -71,8 +71,8 @@ def test_thresholds_move_with_the_target_and_only_with_val():
 @pytest.mark.parametrize("case,policy,needle", [
     ("no_pos", "specificity", "no positive"), ("no_neg", "sensitivity", "no negative"),
     ("few_neg", "specificity", "needs at least 20"), ("few_pos", "sensitivity", "needs at least 10"),
-    ("constant", "specificity", "while calling any val positive"),
-    ("constant", "sensitivity", "while calling any val negative"),
+    ("constant", "specificity", "still calls a val positive"),
+    ("constant", "sensitivity", "still calls a val negative"),
     ("constant", "precision", "no threshold reaches a PPV"), ("no_pos", "balanced", "no positive")])
 def test_val_that_cannot_support_a_policy_says_why(case, policy, needle):
     rng = np.random.default_rng(0)

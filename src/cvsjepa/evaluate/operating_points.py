@@ -130,15 +130,15 @@ def balanced(scores, labels, target: float | None = None) -> OperatingPoint:
 
 def specificity(scores, labels, target: float) -> OperatingPoint:
     c = _Counts.of(scores, labels)
-    why = _missing_class(c) or _too_few(c.n_neg, "negative keyframes", "specificity", target)
+    why = _missing_class(c) or _too_few(c.n_neg, "negative keyframe(s)", "specificity", target)
     if why is not None:
         return _at("specificity", target, c, None, why, scores, labels)
     allowed_fp = math.floor((1.0 - target) * c.n_neg + 1e-9)
     ok = np.flatnonzero((c.fp <= allowed_fp) & (c.tp >= 1))  # fp falls and tp falls as u rises
     if len(ok) == 0:
         return _at("specificity", target, c, None,
-                   f"no threshold reaches a specificity of {target:g} on val while calling any val positive "
-                   f"positive (every positive scores below the top {allowed_fp} of {c.n_neg} negatives)",
+                   f"no threshold reaches a specificity of {target:g} on val and still calls a val positive "
+                   f"keyframe positive (every positive scores below the top {allowed_fp} of {c.n_neg} negatives)",
                    scores, labels)
     return _at("specificity", target, c, float(c.u[ok[0]]), None, scores, labels)
 
@@ -162,14 +162,14 @@ def precision(scores, labels, target: float) -> OperatingPoint:
 
 def sensitivity(scores, labels, target: float) -> OperatingPoint:
     c = _Counts.of(scores, labels)
-    why = _missing_class(c) or _too_few(c.n_pos, "positive keyframes", "sensitivity", target)
+    why = _missing_class(c) or _too_few(c.n_pos, "positive keyframe(s)", "sensitivity", target)
     if why is not None:
         return _at("sensitivity", target, c, None, why, scores, labels)
     ok = np.flatnonzero((c.tp >= target * c.n_pos - 1e-9) & (c.fp < c.n_neg))  # tp falls as u rises
     if len(ok) == 0:
         return _at("sensitivity", target, c, None,
-                   f"no threshold reaches a sensitivity of {target:g} on val while calling any val negative "
-                   f"negative", scores, labels)
+                   f"no threshold reaches a sensitivity of {target:g} on val and still calls a val negative "
+                   f"keyframe negative", scores, labels)
     return _at("sensitivity", target, c, float(c.u[ok[-1]]), None, scores, labels)
 
 
