@@ -19,12 +19,9 @@
                                 the tag always starts with data_tag(root), so the run's own files stay)
     diagnose/                   (``cvsjepa diagnose``)
 
-A seed group (``cvsjepa train CONFIG --seeds 0 1 2``) is a parent directory holding one run per
-seed and the group's summary::
-
-    GROUP/seed<k>/              a run directory as above (config seed = k)
-    GROUP/group.json            members, mean and sd of their metrics, the ensemble of their probabilities
-    GROUP/predictions_<split>.csv   the ensemble (mean of the members' probabilities), same format
+A seed group (``cvsjepa train CONFIG --seeds 0 1 2``): ``GROUP/seed<k>/`` (a run each, seed k),
+``GROUP/group.json`` (mean and sd of their metrics, groups.py) and ``GROUP/predictions_<split>.csv``
+(the ensemble: the mean of the members' probabilities, same format).
 
 Resume state is one atomic unit: the epoch's file is written whole (temp + fsync + rename), then the
 manifest that names it and its hash, and only then are older resume files removed. A crash at any
@@ -263,7 +260,7 @@ class RunDir:
             with open(path, newline="") as f:
                 rows = list(csv.DictReader(f))
             return {"sample_ids": [r["sample_id"] for r in rows],
-                    "video_ids": [_video_id(r["video_id"]) for r in rows],
+                    "video_ids": [int(v) if v.isdigit() else v for v in (r["video_id"] for r in rows)],  # SAGES: names
                     "frames": [int(r["frame"]) for r in rows],
                     "probs": [[float(r[f"prob_{n}"]) for n in names] for r in rows],
                     "labels": [[float(r[f"label_{n}"]) for n in names] for r in rows],
@@ -354,11 +351,6 @@ def with_saved_splits(cfg: RunConfig, folder: str | Path | None) -> RunConfig:
     if cfg.data.splits_file or saved is None or not saved.is_file():
         return cfg
     return replace(cfg, data=replace(cfg.data, splits_file=str(saved)))
-
-
-def _video_id(text: str) -> int | str:
-    """A predictions file's video id: Endoscapes' numbers as int, SAGES' names as they are."""
-    return int(text) if text.strip().lstrip("-").isdigit() else text
 
 
 def _mkdir(path: Path, parents: bool = False, exist_ok: bool = False) -> bool:
