@@ -94,6 +94,22 @@ class Backbone(nn.Module, ABC):
         self.frozen = False
         self._fingerprint: str | None = None
 
+    def _set_identity(self, model: nn.Module, *, preset: str, requested_preset: str, embed_dim: int, crop_size: int,
+                      patch_size: int, tubelet_size: int, num_layers: int, layers, is_random: bool, path: str,
+                      source: str = "", source_info: dict | None = None) -> None:
+        """What every family's ``__init__`` records (the attributes of the class docstring), in one place:
+        the wrapped model, its shape and geometry, the chosen layers and an honest name."""
+        self.model = model
+        self.preset = preset
+        self.requested_preset = requested_preset or preset
+        self.embed_dim, self.crop_size, self.patch_size = int(embed_dim), int(crop_size), int(patch_size)
+        self.tubelet_size, self.num_layers = int(tubelet_size), int(num_layers)
+        self.layers = resolve_layers(layers, self.num_layers)
+        self.is_random, self.path = is_random, path
+        self.source = source or ("random" if is_random else "hf_dir")
+        self.source_info = dict(source_info or {})
+        self.name = f"{self.family}-{preset} ({'random weights' if is_random else path})"
+
     # ----------------------------------------------------------------- geometry
     @property
     def num_levels(self) -> int:

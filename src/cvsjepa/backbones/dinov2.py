@@ -30,18 +30,22 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from transformers import Dinov2Config, Dinov2Model, Dinov2WithRegistersConfig, Dinov2WithRegistersModel
+from transformers import (
+    Dinov2Config,
+    Dinov2Model,
+    Dinov2WithRegistersConfig,
+    Dinov2WithRegistersModel,
+)
 
 from ..config import BackboneConfig
 from ..errors import ConfigError
 from . import _hf, presets
-from .base import Backbone, resolve_layers
+from .base import Backbone
 from .flops import per_frame_vit_flops
 
 log = logging.getLogger(__name__)
 
 FAMILY = "dinov2"
-RANDOM_SEED = 0
 DEFAULT_CROP = 224
 _RELEASED = dict(image_size=518, patch_size=14, mlp_ratio=4, layerscale_value=1.0)
 PRESETS: dict[str, dict[str, Any]] = {
@@ -105,23 +109,14 @@ class Dinov2FramesBackbone(Backbone):
     def __init__(self, model: Any, *, crop_size: int, path: str = "", is_random: bool, requested_preset: str = "",
                  layers: "list[int] | tuple[int, ...]" = ()):
         super().__init__()
-        self.model = model
         cfg = model.config
-        self.preset = self._match(cfg)
-        self.requested_preset = requested_preset or self.preset
-        self.embed_dim = int(cfg.hidden_size)
-        self.crop_size = int(crop_size)
-        self.patch_size = int(cfg.patch_size)
-        self.tubelet_size = 1
+        self._set_identity(model, preset=self._match(cfg), requested_preset=requested_preset,
+                           embed_dim=cfg.hidden_size, crop_size=crop_size, patch_size=cfg.patch_size, tubelet_size=1,
+                           num_layers=cfg.num_hidden_layers, layers=layers, is_random=is_random, path=path)
         self.num_prefix_tokens = 1 + int(getattr(cfg, "num_register_tokens", 0) or 0)  # CLS (+ registers)
-        self.num_layers = int(cfg.num_hidden_layers)
-        self.layers = resolve_layers(layers, self.num_layers)
         if self.crop_size % self.patch_size:
             raise ConfigError(f"{self.family}: crop {self.crop_size} is not a multiple of the patch size "
                               f"{self.patch_size}")
-        self.is_random = is_random
-        self.path = path
-        self.name = f"{self.family}-{self.preset} ({'random weights' if is_random else path})"
 
     @staticmethod
     def _match(config: Any) -> str:
@@ -164,8 +159,7 @@ def build_dinov2(cfg: BackboneConfig, device: torch.device | str | None = None) 
     """A local HF directory (``model_type`` dinov2 or dinov2_with_registers) when ``cfg.path`` is
     set, else a seeded random preset (``tiny``, or any preset with ``random_weights=true``)."""
     if cfg.path:
-        if cfg.random_weights:
-            raise ConfigError(f"backbone.random_weights=true and backbone.path={cfg.path} are both set: pick one")
+        presets.check_one_source(cfg)
         p = _hf.check_hf_dir(cfg.path, tuple(_MODELS), HF_REPOS["base"])
         model_cls = _MODELS[_hf.read_model_type(p)][1]
         model = _hf.load_pretrained(model_cls, p, attn_implementation=cfg.attn_implementation, family="DINOv2",
@@ -175,10 +169,8 @@ def build_dinov2(cfg: BackboneConfig, device: torch.device | str | None = None) 
                                         requested_preset=cfg.preset, layers=cfg.layers)
     else:
         config = preset_config(cfg.preset, cfg.attn_implementation)
-        if cfg.preset != "tiny" and not cfg.random_weights:
-            raise ConfigError(f"backbone.preset={cfg.preset} needs DINOv2 weights: pass backbone.path=/path/to/hf_dir "
-                              f"(e.g. a snapshot of {HF_REPOS[cfg.preset]}), or backbone.random_weights=true")
-        model = _hf.seeded_build(lambda: Dinov2Model(config), RANDOM_SEED)
+        model = presets.random_model(cfg, lambda: Dinov2Model(config), "DINOv2",
+                                     f"/path/to/hf_dir (e.g. a snapshot of {HF_REPOS.get(cfg.preset)})")
         backbone = Dinov2FramesBackbone(model, crop_size=CROPS[cfg.preset], is_random=True,
                                         requested_preset=cfg.preset, layers=cfg.layers)
     if device is not None:

@@ -41,10 +41,11 @@ from typing import Any
 import torch
 from torch import Tensor
 from transformers import DINOv3ViTConfig, DINOv3ViTModel
-from transformers.models.dinov3_vit.modeling_dinov3_vit import DINOv3ViTRopePositionEmbedding
+from transformers.models.dinov3_vit.modeling_dinov3_vit import (
+    DINOv3ViTRopePositionEmbedding,
+)
 
 from ..config import BackboneConfig
-from ..errors import ConfigError
 from . import _hf, presets
 from .dinov2 import Dinov2FramesBackbone
 from .flops import per_frame_vit_flops
@@ -53,7 +54,6 @@ log = logging.getLogger(__name__)
 
 FAMILY = "dinov3"
 MODEL_TYPE = "dinov3_vit"
-RANDOM_SEED = 0
 DEFAULT_CROP = 256
 _RELEASED = dict(patch_size=16, num_register_tokens=4, layerscale_value=1.0)
 _GATED = dict(use_gated_mlp=True, hidden_act="silu")
@@ -148,8 +148,7 @@ def build_dinov3(cfg: BackboneConfig, device: torch.device | str | None = None) 
     """A local HF directory (``model_type`` dinov3_vit) when ``cfg.path`` is set, else a seeded
     random preset (``tiny``, or any preset with ``random_weights=true``)."""
     if cfg.path:
-        if cfg.random_weights:
-            raise ConfigError(f"backbone.random_weights=true and backbone.path={cfg.path} are both set: pick one")
+        presets.check_one_source(cfg)
         p = _hf.check_hf_dir(cfg.path, (MODEL_TYPE,), HF_REPOS["large"])
         model = _hf.load_pretrained(DINOv3ViTModel, p, attn_implementation=cfg.attn_implementation, family="DINOv3",
                                     optional_missing=("embeddings.mask_token",))
@@ -157,10 +156,8 @@ def build_dinov3(cfg: BackboneConfig, device: torch.device | str | None = None) 
                                         path=cfg.path, is_random=False, requested_preset=cfg.preset, layers=cfg.layers)
     else:
         config = preset_config(cfg.preset, cfg.attn_implementation)
-        if cfg.preset != "tiny" and not cfg.random_weights:
-            raise ConfigError(f"backbone.preset={cfg.preset} needs DINOv3 weights: pass backbone.path=/path/to/hf_dir "
-                              f"(e.g. a snapshot of {HF_REPOS[cfg.preset]}), or backbone.random_weights=true")
-        model = _hf.seeded_build(lambda: DINOv3ViTModel(config), RANDOM_SEED)
+        model = presets.random_model(cfg, lambda: DINOv3ViTModel(config), "DINOv3",
+                                     f"/path/to/hf_dir (e.g. a snapshot of {HF_REPOS.get(cfg.preset)})")
         backbone = Dinov3FramesBackbone(model, crop_size=CROPS[cfg.preset], is_random=True,
                                         requested_preset=cfg.preset, layers=cfg.layers)
     if device is not None:

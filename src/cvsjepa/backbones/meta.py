@@ -34,10 +34,25 @@ from torch import Tensor
 from transformers import VJEPA2Model
 
 from ..errors import CheckpointError
-from . import _hf
-from .meta_format import (MetaState, block_shape, check_complete, family_of, names, pick_preset, read_state,
-                          rename_blocks)
-from .vjepa2_presets import PREDICTOR_NOTE, PRESETS, RANDOM_SEED, RELEASES, encoder_keys, match_preset, preset_config
+from .meta_format import (
+    MetaState,
+    block_shape,
+    check_complete,
+    family_of,
+    names,
+    pick_preset,
+    read_state,
+    rename_blocks,
+)
+from .presets import RANDOM_SEED, seeded_build
+from .vjepa2_presets import (
+    PREDICTOR_NOTE,
+    PRESETS,
+    RELEASES,
+    encoder_keys,
+    match_preset,
+    preset_config,
+)
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +130,7 @@ def load_meta_checkpoint(path: str | Path, *, preset: str = "auto", preset_hint:
     ms = _preferred_key(ms, name, key)
     converted, source, ignored = convert_state_dict(ms.state)
     config = preset_config(name, attn_implementation)
-    model = _hf.seeded_build(lambda: VJEPA2Model(config), RANDOM_SEED)
+    model = seeded_build(lambda: VJEPA2Model(config), RANDOM_SEED)
     check_complete(converted, source, model.encoder.state_dict(), path, WHAT, TOP_MAP)
     with torch.no_grad():
         model.encoder.load_state_dict({k: v.to(torch.float32) for k, v in converted.items()}, strict=True)

@@ -30,11 +30,25 @@ import torch
 from torch import Tensor
 
 from ..errors import CheckpointError
-from . import _hf
-from .meta_format import (block_shape, check_complete, family_of, names, pick_preset, predictor_note, read_state,
-                          rename_blocks)
+from .meta_format import (
+    block_shape,
+    check_complete,
+    family_of,
+    names,
+    pick_preset,
+    predictor_note,
+    read_state,
+    rename_blocks,
+)
+from .presets import RANDOM_SEED, seeded_build
 from .vjepa21_model import VJEPA21Model
-from .vjepa21_presets import ENCODER_KEYS, PRESETS, RANDOM_SEED, match_preset, preset_config, preset_shape
+from .vjepa21_presets import (
+    ENCODER_KEYS,
+    PRESETS,
+    match_preset,
+    preset_config,
+    preset_shape,
+)
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +144,7 @@ def load_meta21_checkpoint(path: str | Path, *, preset: str = "auto", preset_hin
     ms = read_state(path, key, prefer=ENCODER_KEYS, what="V-JEPA 2.1")
     converted, source, ignored = convert_state_dict(ms.state)
     name = choose_preset(infer_shape(converted), preset, hint=preset_hint, filename=path)
-    model = _hf.seeded_build(lambda: VJEPA21Model(preset_config(name, attn_implementation)), RANDOM_SEED)
+    model = seeded_build(lambda: VJEPA21Model(preset_config(name, attn_implementation)), RANDOM_SEED)
     num_norms = len(model.config.levels())
     check_complete(converted, source, model.state_dict(), path, WHAT, _top_map(num_norms))
     with torch.no_grad():

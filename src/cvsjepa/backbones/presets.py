@@ -7,6 +7,27 @@ from __future__ import annotations
 from typing import Any, Callable, Iterable, Mapping
 
 from ..errors import ConfigError
+from ._hf import seeded_build
+
+RANDOM_SEED = 0  # every random-weight build uses it, so a preset's random model is one fixed model everywhere
+
+
+def check_one_source(cfg: Any) -> None:
+    """``backbone.path`` loads weights, ``backbone.random_weights`` builds a random model: not both."""
+    if cfg.path and cfg.random_weights:
+        raise ConfigError(f"backbone.random_weights=true and backbone.path={cfg.path} are both set: pick one "
+                          f"(path loads weights, random_weights builds a random model)")
+
+
+def random_model(cfg: Any, make: Callable[[], Any], what: str, weights: str) -> Any:
+    """A seeded random-weight model of ``cfg.preset``: a ``tiny`` test preset always, a real preset
+    only with ``backbone.random_weights=true`` (benchmarks); otherwise the error that asks for
+    ``what`` weights at ``backbone.path`` (``weights`` says what to pass)."""
+    if cfg.preset != "tiny" and not cfg.random_weights:
+        raise ConfigError(f"backbone.preset={cfg.preset} needs {what} weights: pass backbone.path={weights} "
+                          f"(or backbone.random_weights=true for a random-weight model of the same shape, e.g. "
+                          f"for benchmarks)")
+    return seeded_build(make, RANDOM_SEED)
 
 
 def named_config(presets: Mapping[str, dict], preset: str, make: Callable[..., Any], family: str,

@@ -43,13 +43,12 @@ from transformers import VideoMAEConfig, VideoMAEModel
 from ..config import BackboneConfig
 from ..errors import ConfigError
 from . import _hf, presets
-from .base import Backbone, resolve_layers
+from .base import Backbone
 from .flops import video_vit_flops
 
 log = logging.getLogger(__name__)
 
 FAMILY = "videomae"
-RANDOM_SEED = 0
 _GEOMETRY = dict(image_size=224, patch_size=16, tubelet_size=2, num_frames=16, use_mean_pooling=False)
 PRESETS: dict[str, dict[str, Any]] = {
     "tiny": dict(image_size=64, patch_size=16, tubelet_size=2, num_frames=4, use_mean_pooling=False,
@@ -114,21 +113,13 @@ class VideoMAEBackbone(Backbone):
     def __init__(self, model: VideoMAEModel, *, path: str = "", is_random: bool, requested_preset: str = "",
                  layers: "list[int] | tuple[int, ...]" = ()):
         super().__init__()
-        self.model = model
         cfg = model.config
         self.family = FAMILY
-        self.preset = match_preset(cfg)
-        self.requested_preset = requested_preset or self.preset
-        self.embed_dim = int(cfg.hidden_size)
-        self.crop_size = int(cfg.image_size)
-        self.patch_size = int(cfg.patch_size)
-        self.tubelet_size = int(cfg.tubelet_size)
+        self._set_identity(model, preset=match_preset(cfg), requested_preset=requested_preset,
+                           embed_dim=cfg.hidden_size, crop_size=cfg.image_size, patch_size=cfg.patch_size,
+                           tubelet_size=cfg.tubelet_size, num_layers=cfg.num_hidden_layers, layers=layers,
+                           is_random=is_random, path=path)
         self.num_frames = int(cfg.num_frames)
-        self.num_layers = int(cfg.num_hidden_layers)
-        self.layers = resolve_layers(layers, self.num_layers)
-        self.is_random = is_random
-        self.path = path
-        self.name = f"{FAMILY}-{self.preset} ({'random weights' if is_random else path})"
 
     @property
     def config(self) -> VideoMAEConfig:
@@ -171,19 +162,15 @@ def build_videomae(cfg: BackboneConfig, device: torch.device | str | None = None
     """A local HF directory when ``cfg.path`` is set (its shape wins over ``cfg.preset``), else a
     seeded random preset (``tiny``, or any preset with ``random_weights=true``)."""
     if cfg.path:
-        if cfg.random_weights:
-            raise ConfigError(f"backbone.random_weights=true and backbone.path={cfg.path} are both set: pick one")
+        presets.check_one_source(cfg)
         p = _hf.check_hf_dir(cfg.path, (FAMILY,), HF_REPOS["base"])
         model = _hf.load_pretrained(VideoMAEModel, p, attn_implementation=cfg.attn_implementation, family="VideoMAE")
         backbone = VideoMAEBackbone(model, path=cfg.path, is_random=False, requested_preset=cfg.preset,
                                     layers=cfg.layers)
     else:
         config = preset_config(cfg.preset, cfg.attn_implementation)
-        if cfg.preset != "tiny" and not cfg.random_weights:
-            raise ConfigError(f"backbone.preset={cfg.preset} needs VideoMAE weights: pass "
-                              f"backbone.path=/path/to/hf_dir (e.g. a snapshot of {HF_REPOS[cfg.preset]}), "
-                              f"or backbone.random_weights=true")
-        model = _hf.seeded_build(lambda: VideoMAEModel(config), RANDOM_SEED)
+        model = presets.random_model(cfg, lambda: VideoMAEModel(config), "VideoMAE",
+                                     f"/path/to/hf_dir (e.g. a snapshot of {HF_REPOS.get(cfg.preset)})")
         backbone = VideoMAEBackbone(model, is_random=True, requested_preset=cfg.preset, layers=cfg.layers)
     if device is not None:
         backbone.to(device)

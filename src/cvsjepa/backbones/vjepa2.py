@@ -45,14 +45,21 @@ from torch import Tensor
 from transformers import VJEPA2Config, VJEPA2Model
 
 from ..config import BackboneConfig
-from ..errors import ConfigError
 from . import _hf, presets
-from .base import Backbone, resolve_layers
+from .base import Backbone
 from .flops import video_vit_flops
 from .meta import load_meta_checkpoint
 from .meta_format import is_meta_checkpoint_path
-from .vjepa2_presets import (FAMILY, HF_REPOS, PREDICTOR_NOTE, PRESETS, RANDOM_SEED, RELEASES, TOKEN_KEYS,
-                             match_preset, preset_config)
+from .vjepa2_presets import (
+    FAMILY,
+    HF_REPOS,
+    PREDICTOR_NOTE,
+    PRESETS,
+    RELEASES,
+    TOKEN_KEYS,
+    match_preset,
+    preset_config,
+)
 
 log = logging.getLogger(__name__)
 
@@ -107,22 +114,12 @@ class VJEPA2Backbone(Backbone):
                  layers: "list[int] | tuple[int, ...]" = (), source: str = "", source_info: dict | None = None,
                  preset: str = ""):
         super().__init__()
-        self.model = model
         cfg = model.config
         self.family = FAMILY
-        self.preset = preset or match_preset(cfg)
-        self.requested_preset = requested_preset or self.preset
-        self.embed_dim = int(cfg.hidden_size)
-        self.crop_size = int(cfg.crop_size)
-        self.patch_size = int(cfg.patch_size)
-        self.tubelet_size = int(cfg.tubelet_size)
-        self.num_layers = int(cfg.num_hidden_layers)
-        self.layers = resolve_layers(layers, self.num_layers)
-        self.is_random = is_random
-        self.path = path
-        self.source = source or ("random" if is_random else "hf_dir")
-        self.source_info = dict(source_info or {})
-        self.name = f"{FAMILY}-{self.preset} ({'random weights' if is_random else path})"
+        self._set_identity(model, preset=preset or match_preset(cfg), requested_preset=requested_preset,
+                           embed_dim=cfg.hidden_size, crop_size=cfg.crop_size, patch_size=cfg.patch_size,
+                           tubelet_size=cfg.tubelet_size, num_layers=cfg.num_hidden_layers, layers=layers,
+                           is_random=is_random, path=path, source=source, source_info=source_info)
 
     @property
     def config(self) -> VJEPA2Config:
@@ -177,9 +174,7 @@ def build_vjepa2(cfg: BackboneConfig, device: torch.device | str | None = None) 
     """Build from ``cfg``: a local HF dir or a Meta ``.pt`` when ``cfg.path`` is set, else a seeded
     random preset. ``cfg.layers`` picks multilevel tokens (ConfigError when out of range)."""
     if cfg.path:
-        if cfg.random_weights:
-            raise ConfigError(f"backbone.random_weights=true and backbone.path={cfg.path} are both set: "
-                              f"pick one (path loads weights, random_weights builds a random model)")
+        presets.check_one_source(cfg)
         if is_meta_checkpoint_path(cfg.path):
             model, info = load_meta_checkpoint(cfg.path, preset_hint=cfg.preset,
                                                attn_implementation=cfg.attn_implementation)
@@ -197,11 +192,7 @@ def build_vjepa2(cfg: BackboneConfig, device: torch.device | str | None = None) 
                      cfg.preset, cfg.path, backbone.preset)
     else:
         config = preset_config(cfg.preset, cfg.attn_implementation)
-        if cfg.preset != "tiny" and not cfg.random_weights:
-            raise ConfigError(
-                f"backbone.preset={cfg.preset} needs V-JEPA 2 weights: pass backbone.path=/path/to/hf_dir "
-                f"(or backbone.random_weights=true for a random-weight model of the same shape, e.g. for benchmarks)")
-        model = _hf.seeded_build(lambda: VJEPA2Model(config), RANDOM_SEED)
+        model = presets.random_model(cfg, lambda: VJEPA2Model(config), "V-JEPA 2", "/path/to/hf_dir")
         backbone = VJEPA2Backbone(model, is_random=True, requested_preset=cfg.preset, layers=cfg.layers)
     if device is not None:
         backbone.to(device)

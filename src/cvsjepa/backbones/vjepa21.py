@@ -29,12 +29,19 @@ from torch import Tensor
 from ..config import BackboneConfig
 from ..errors import ConfigError
 from . import _hf, presets
-from .base import Backbone, resolve_layers
+from .base import Backbone
 from .flops import video_vit_flops
 from .meta21 import load_meta21_checkpoint
 from .meta_format import is_meta_checkpoint_path
 from .vjepa21_model import MODEL_TYPE, VJEPA21Model
-from .vjepa21_presets import FAMILY, FILES, PRESETS, RANDOM_SEED, TOKEN_KEYS, match_preset, preset_config
+from .vjepa21_presets import (
+    FAMILY,
+    FILES,
+    PRESETS,
+    TOKEN_KEYS,
+    match_preset,
+    preset_config,
+)
 
 log = logging.getLogger(__name__)
 
@@ -72,28 +79,18 @@ class VJEPA21Backbone(Backbone):
     def __init__(self, model: VJEPA21Model, *, path: str = "", is_random: bool, requested_preset: str = "",
                  layers: "list[int] | tuple[int, ...]" = (), source: str = "", source_info: dict | None = None):
         super().__init__()
-        self.model = model
         cfg = model.config
         self.family = FAMILY
-        self.preset = match_preset(cfg)
-        self.requested_preset = requested_preset or self.preset
-        self.embed_dim = int(cfg.hidden_size)
-        self.crop_size = int(cfg.crop_size)
-        self.patch_size = int(cfg.patch_size)
-        self.tubelet_size = int(cfg.tubelet_size)
-        self.num_layers = int(cfg.num_hidden_layers)
+        self._set_identity(model, preset=match_preset(cfg), requested_preset=requested_preset,
+                           embed_dim=cfg.hidden_size, crop_size=cfg.crop_size, patch_size=cfg.patch_size,
+                           tubelet_size=cfg.tubelet_size, num_layers=cfg.num_hidden_layers, layers=layers,
+                           is_random=is_random, path=path, source=source, source_info=source_info)
         self.hierarchical_layers = tuple(cfg.levels())
-        self.layers = resolve_layers(layers, self.num_layers)
         off = [i for i in self.layers if i not in self.hierarchical_layers]
         if off:
             raise ConfigError(f"backbone.layers={list(layers)}: V-JEPA 2.1 has a norm only for its hierarchical layers "
                               f"{list(self.hierarchical_layers)}, and layer(s) {off} have none; pick from those "
                               f"(e.g. backbone.layers={list(self.hierarchical_layers)})")
-        self.is_random = is_random
-        self.path = path
-        self.source = source or ("random" if is_random else "hf_dir")
-        self.source_info = dict(source_info or {})
-        self.name = f"{FAMILY}-{self.preset} ({'random weights' if is_random else path})"
 
     @property
     def config(self):
@@ -138,8 +135,7 @@ def build_vjepa21(cfg: BackboneConfig, device: torch.device | str | None = None)
     """A 2.1 ``.pt`` or converted directory when ``cfg.path`` is set, else a seeded random preset
     (``tiny``, or any preset with ``random_weights=true``)."""
     if cfg.path:
-        if cfg.random_weights:
-            raise ConfigError(f"backbone.random_weights=true and backbone.path={cfg.path} are both set: pick one")
+        presets.check_one_source(cfg)
         if is_meta_checkpoint_path(cfg.path):
             model, info = load_meta21_checkpoint(cfg.path, preset_hint=cfg.preset,
                                                  attn_implementation=cfg.attn_implementation)
@@ -153,11 +149,9 @@ def build_vjepa21(cfg: BackboneConfig, device: torch.device | str | None = None)
                      cfg.preset, cfg.path, backbone.preset)
     else:
         config = preset_config(cfg.preset, cfg.attn_implementation)
-        if cfg.preset != "tiny" and not cfg.random_weights:
-            raise ConfigError(f"backbone.preset={cfg.preset} needs V-JEPA 2.1 weights: pass backbone.path=/path/to/"
-                              f"{FILES.get(cfg.preset, 'checkpoint.pt')} (or its cvsjepa convert directory), or "
-                              f"backbone.random_weights=true for a random-weight model of the same shape")
-        model = _hf.seeded_build(lambda: VJEPA21Model(config), RANDOM_SEED)
+        model = presets.random_model(cfg, lambda: VJEPA21Model(config), "V-JEPA 2.1",
+                                     f"/path/to/{FILES.get(cfg.preset, 'checkpoint.pt')} (or its cvsjepa convert "
+                                     f"directory)")
         backbone = VJEPA21Backbone(model, is_random=True, requested_preset=cfg.preset, layers=cfg.layers)
     if device is not None:
         backbone.to(device)

@@ -39,8 +39,12 @@ from huggingface_hub.dataclasses import strict
 from torch import Tensor, nn
 from transformers import VJEPA2Config
 from transformers.modeling_outputs import BaseModelOutput
-from transformers.models.vjepa2.modeling_vjepa2 import (VJEPA2Encoder, VJEPA2PatchEmbeddings3D,
-                                                        VJEPA2PreTrainedModel, VJEPA2RopeAttention)
+from transformers.models.vjepa2.modeling_vjepa2 import (
+    VJEPA2Encoder,
+    VJEPA2PatchEmbeddings3D,
+    VJEPA2PreTrainedModel,
+    VJEPA2RopeAttention,
+)
 
 # The original's table (app/vjepa_2_1/models/vision_transformer.py): depth -> hierarchical layers.
 HIERARCHICAL_LAYERS = {12: [2, 5, 8, 11], 24: [5, 11, 17, 23], 40: [9, 19, 29, 39], 48: [11, 23, 37, 47]}

@@ -27,7 +27,6 @@ from . import presets
 from .vjepa21_model import HIERARCHICAL_LAYERS, VJEPA21Config
 
 FAMILY = "vjepa21"
-RANDOM_SEED = 0
 ENCODER_KEYS = ("ema_encoder", "target_encoder", "encoder")  # in order of preference
 _RELEASED = dict(crop_size=384, patch_size=16, tubelet_size=2, frames_per_clip=64, rope_interpolate=True,
                  rope_pretrained_grid=16)

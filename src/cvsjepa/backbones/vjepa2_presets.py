@@ -37,7 +37,6 @@ from transformers import VJEPA2Config
 from . import presets
 
 FAMILY = "vjepa2"
-RANDOM_SEED = 0  # every random-weight build uses it, so "tiny" is one fixed model everywhere
 _HF_GEOMETRY = dict(crop_size=256, patch_size=16, tubelet_size=2, frames_per_clip=64)
 _VITL = dict(hidden_size=1024, num_attention_heads=16, num_hidden_layers=24, mlp_ratio=4.0)
 _VITG = dict(hidden_size=1408, num_attention_heads=22, num_hidden_layers=40, mlp_ratio=48 / 11)
