@@ -86,12 +86,19 @@ def preset_flops(preset: str, num_frames: int = 16) -> int:
                                crop=CROPS[preset], patch=kw["patch_size"], extra_tokens=1)
 
 
-def list_dinov2_presets(num_frames: int = 16) -> list[dict[str, Any]]:
+def frame_preset_rows(family: str, table: dict, crops: dict, repos: dict, params, flops,
+                      num_frames: int) -> list[dict[str, Any]]:
+    """`cvsjepa backbones` rows of a per-frame image family (DINOv2, DINOv3): ``params(name)`` and
+    ``flops(name, num_frames)`` count one clip of ``num_frames`` frames."""
     return [presets.preset_row(
-        name, FAMILY, kw, params=_params(name), params_scope="encoder (per frame)", crop=CROPS[name], tubelet=1,
-        clip_frames=num_frames, flops=preset_flops(name, num_frames),
-        weights="random (built in)" if name == "tiny" else f"local HF dir, e.g. {HF_REPOS[name]}")
-        for name, kw in PRESETS.items()]
+        name, family, kw, params=params(name), params_scope="encoder (per frame)", crop=crops[name], tubelet=1,
+        clip_frames=num_frames, flops=flops(name, num_frames),
+        weights="random (built in)" if name == "tiny" else f"local HF dir, e.g. {repos[name]}")
+        for name, kw in table.items()]
+
+
+def list_dinov2_presets(num_frames: int = 16) -> list[dict[str, Any]]:
+    return frame_preset_rows(FAMILY, PRESETS, CROPS, HF_REPOS, _params, preset_flops, num_frames)
 
 
 class Dinov2FramesBackbone(Backbone):

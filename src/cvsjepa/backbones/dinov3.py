@@ -47,7 +47,7 @@ from transformers.models.dinov3_vit.modeling_dinov3_vit import (
 
 from ..config import BackboneConfig
 from . import _hf, presets
-from .dinov2 import Dinov2FramesBackbone
+from .dinov2 import Dinov2FramesBackbone, frame_preset_rows
 from .flops import per_frame_vit_flops
 
 log = logging.getLogger(__name__)
@@ -105,11 +105,7 @@ def preset_flops(preset: str, num_frames: int = 16) -> int:
 
 
 def list_dinov3_presets(num_frames: int = 16) -> list[dict[str, Any]]:
-    return [presets.preset_row(
-        name, FAMILY, kw, params=_params(name), params_scope="encoder (per frame)", crop=CROPS[name], tubelet=1,
-        clip_frames=num_frames, flops=preset_flops(name, num_frames),
-        weights="random (built in)" if name == "tiny" else f"local HF dir, e.g. {HF_REPOS[name]}")
-        for name, kw in PRESETS.items()]
+    return frame_preset_rows(FAMILY, PRESETS, CROPS, HF_REPOS, _params, preset_flops, num_frames)
 
 
 class Dinov3FramesBackbone(Dinov2FramesBackbone):

@@ -34,16 +34,8 @@ from torch import Tensor
 from transformers import VJEPA2Model
 
 from ..errors import CheckpointError
-from .meta_format import (
-    MetaState,
-    block_shape,
-    check_complete,
-    family_of,
-    names,
-    pick_preset,
-    read_state,
-    rename_blocks,
-)
+from .meta_format import (MetaState, block_shape, check_complete, family_of, map_top_keys, names, pick_preset,
+                          read_state, rename_blocks)
 from .presets import RANDOM_SEED, seeded_build
 from .vjepa2_presets import (
     PREDICTOR_NOTE,
@@ -72,16 +64,9 @@ def convert_state_dict(state: dict[str, Tensor]) -> tuple[dict[str, Tensor], dic
         raise CheckpointError("this is a V-JEPA 2.1 checkpoint (norms_block / video_mod_embed), not V-JEPA 2: "
                               "set backbone.name=vjepa21 (cvsjepa convert detects it by itself)")
     out, source, rest = rename_blocks(state)
-    ignored, unknown = [], []
-    for name, tensor in rest.items():
-        module, _, leaf = name.rpartition(".")
-        if name in IGNORED:
-            ignored.append(name)
-        elif module in TOP_MAP and leaf in ("weight", "bias"):
-            target = f"{TOP_MAP[module]}.{leaf}"
-            out[target], source[target] = tensor, name
-        else:
-            unknown.append(name)
+    top, top_source, ignored, unknown = map_top_keys(rest, TOP_MAP, IGNORED)
+    out.update(top)
+    source.update(top_source)
     if unknown:
         raise CheckpointError(f"{len(unknown)} checkpoint keys are not part of a V-JEPA 2 encoder: {names(unknown)} "
                               f"(expected patch_embed.proj, norm and "

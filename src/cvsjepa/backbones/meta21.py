@@ -30,16 +30,8 @@ import torch
 from torch import Tensor
 
 from ..errors import CheckpointError
-from .meta_format import (
-    block_shape,
-    check_complete,
-    family_of,
-    names,
-    pick_preset,
-    predictor_note,
-    read_state,
-    rename_blocks,
-)
+from .meta_format import (block_shape, check_complete, family_of, map_top_keys, names, pick_preset, predictor_note,
+                          read_state, rename_blocks)
 from .presets import RANDOM_SEED, seeded_build
 from .vjepa21_model import VJEPA21Model
 from .vjepa21_presets import (
@@ -83,18 +75,9 @@ def convert_state_dict(state: dict[str, Tensor]) -> tuple[dict[str, Tensor], dic
     top = _top_map(num_norms) if num_norms else {}
     out = {f"encoder.{k}": v for k, v in blocks.items()}
     source = {f"encoder.{k}": v for k, v in block_source.items()}
-    ignored, unknown = [], []
-    for name, tensor in rest.items():
-        module, _, leaf = name.rpartition(".")
-        if name in IGNORED:
-            ignored.append(name)
-        elif name == MOD_EMBED:
-            continue  # folded below
-        elif module in top and leaf in ("weight", "bias"):
-            target = f"{top[module]}.{leaf}"
-            out[target], source[target] = tensor, name
-        else:
-            unknown.append(name)
+    mapped, mapped_source, ignored, unknown = map_top_keys(rest, top, IGNORED, skip=(MOD_EMBED,))  # folded below
+    out.update(mapped)
+    source.update(mapped_source)
     if unknown:
         raise CheckpointError(f"{len(unknown)} checkpoint keys are not part of a V-JEPA 2.1 encoder: {names(unknown)} "
                               f"(expected patch_embed.proj, video_mod_embed, norms_block.N, "

@@ -193,6 +193,26 @@ def family_of(state: dict[str, Tensor]) -> str:
 
 
 # ---------------------------------------------------------------------------- renaming
+def map_top_keys(rest: dict[str, Tensor], top: dict[str, str], ignored: tuple[str, ...], skip: tuple[str, ...] = ()
+                 ) -> tuple[dict[str, Tensor], dict[str, str], list[str], list[str]]:
+    """The non-block entries: ``module.{weight,bias}`` renamed through ``top``; names in ``ignored``
+    dropped and listed; names in ``skip`` left for the caller. Returns ``(converted, source, ignored,
+    unknown)``: the caller refuses a load with unknown keys, naming them."""
+    out, source, dropped, unknown = {}, {}, [], []
+    for name, tensor in rest.items():
+        module, _, leaf = name.rpartition(".")
+        if name in ignored:
+            dropped.append(name)
+        elif name in skip:
+            continue
+        elif module in top and leaf in ("weight", "bias"):
+            target = f"{top[module]}.{leaf}"
+            out[target], source[target] = tensor, name
+        else:
+            unknown.append(name)
+    return out, source, dropped, unknown
+
+
 def rename_blocks(state: dict[str, Tensor]) -> tuple[dict[str, Tensor], dict[str, str], dict[str, Tensor]]:
     """Split ``state`` into the transformer blocks (renamed to ``layer.{i}....``, fused qkv split)
     and the rest. Returns ``(converted, source, rest)``; ``source`` maps each converted name back

@@ -24,8 +24,6 @@ Video names are ``case_{nnn}`` (names, not numbers, as SAGES has). Deterministic
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import math
 import os
@@ -40,8 +38,19 @@ from ..errors import DataError
 from .oracle import ORACLE_FILE
 from .sages import ANNOTATION_EVERY_S, CONFIDENCE_COLUMNS, VOTE_COLUMNS
 from .sages_layout import FRAME_CSV, LABELS_DIR, VIDEO_CSV, VIDEOS_DIR
-from .synth import (HEIGHT, RATER_SLOPE, WIDTH, Texture, _check_target, _remove_stale_temps, average_precision,
-                    draw_scene, render_frame, write_video_mp4)
+from .synth import (
+    HEIGHT,
+    RATER_SLOPE,
+    WIDTH,
+    Texture,
+    _check_target,
+    _remove_stale_temps,
+    average_precision,
+    draw_scene,
+    render_frame,
+    write_csv,
+    write_video_mp4,
+)
 
 SPLITS = ("train", "test")
 GENERATOR_VERSION = 1
@@ -129,9 +138,9 @@ def _write_video(tmp: Path, split: str, vid: int, seed: int, min_s: int, max_s: 
     votes, q = _votes(rng, video.v[keys], confidence)  # [K, criterion, rater], [K, criterion]
     labels = tmp / split / LABELS_DIR / name
     labels.mkdir(parents=True)
-    _write_csv(labels / FRAME_CSV, ["frame_id", *VOTE_COLUMNS],
+    write_csv(labels / FRAME_CSV, ["frame_id", *VOTE_COLUMNS],
                [[str(int(t) * fps), *(str(int(x)) for x in votes[k].reshape(-1))] for k, t in enumerate(keys)])
-    _write_csv(labels / VIDEO_CSV, list(CONFIDENCE_COLUMNS), [[f"{c:.2f}" for c in confidence]])
+    write_csv(labels / VIDEO_CSV, list(CONFIDENCE_COLUMNS), [[f"{c:.2f}" for c in confidence]])
     majority = (votes.sum(2) >= 2).astype(int)
     for k, t in enumerate(keys):
         truth.append([split, name, str(int(t) * fps), *(f"{x:.6f}" for x in video.v[t]), *(f"{x:.6f}" for x in q[k])])
@@ -151,7 +160,7 @@ def _write_metadata(tmp: Path, per_split: dict, truth: list, params: dict) -> di
                                  "the realised majority labels: the best mAP any model can expect on this split"}
         summary[split] = {"videos": len(qs), "annotated_frames": len(y), "positive_rate": oracle[split]["prevalence"],
                           "oracle_map": oracle[split]["map"]}
-    _write_csv(tmp / "synth_truth.csv", ["split", "video", "frame_id", "v_C1", "v_C2", "v_C3", "q_C1", "q_C2", "q_C3"],
+    write_csv(tmp / "synth_truth.csv", ["split", "video", "frame_id", "v_C1", "v_C2", "v_C3", "q_C1", "q_C2", "q_C3"],
                truth)
     (tmp / ORACLE_FILE).write_text(json.dumps(oracle, indent=2) + "\n")
     (tmp / "synth.json").write_text(json.dumps({"generator": "cvsjepa synth --layout sages2024", "synthetic": True,
@@ -164,12 +173,3 @@ def _write_metadata(tmp: Path, per_split: dict, truth: list, params: dict) -> di
         "that cvsjepa's SAGES loader, metrics and submission path can be exercised without the real data.\n"
         "Between two seconds the frames are dimmed copies: only frame k * fps shows second k as labelled.\n")
     return {"splits": summary}
-
-
-def _write_csv(path: Path, header: list[str], rows: list[list[str]]) -> None:
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(header)
-    w.writerows(rows)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(buf.getvalue())

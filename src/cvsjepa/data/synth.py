@@ -720,8 +720,8 @@ def _write_annotations(tmp: Path, all_videos: list[_Video], split_vids: dict, se
 
     header = ["vid", "frame", "avg_cvs", *CRITERION_COLUMNS, "is_ds_keyframe", "cvs_annotator_1",
               "cvs_annotator_2", "cvs_annotator_3", "mask_path", "label_path"]
-    _write_csv(tmp / "all_metadata.csv", header, csv_rows)
-    _write_csv(tmp / "synth_truth.csv",
+    write_csv(tmp / "all_metadata.csv", header, csv_rows)
+    write_csv(tmp / "synth_truth.csv",
                ["split", "vid", "frame", "is_ds_keyframe", "v_C1", "v_C2", "v_C3", "v_triangle", "v_plate",
                 "v_artery", "v_duct", "q_C1", "q_C2", "q_C3"], truth_rows)
     for split in SPLITS:
@@ -743,11 +743,13 @@ def _write_annotations(tmp: Path, all_videos: list[_Video], split_vids: dict, se
     return {"splits": splits_summary}
 
 
-def _write_csv(path: Path, header: list[str], rows: list[list[str]]) -> None:
+def write_csv(path: Path, header: list[str], rows: list[list[str]]) -> None:
+    """A small CSV (``\\n`` line ends, byte-identical for the same rows) into a staging folder."""
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(header)
     w.writerows(rows)
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(buf.getvalue())
 
 
