@@ -209,7 +209,7 @@ def test_backbones_command(capsys):
 def _args(name, root, out, layers=None):
     args = [f"backbone.name={name}", "backbone.preset=tiny", f"data.root={root}", f"data.frames={TRAIN_FRAMES[name]}",
             "data.limit_per_split=16", "head.num_heads=4", "head.mlp_hidden=16", "train.batch_size=8",
-            "train.epochs=1", "train.patience=0", "data.test_split=", f"out={out}"]
+            "train.epochs=1", "train.patience=0", "train.min_steps=0", "data.test_split=", f"out={out}"]
     return args + ([f"backbone.layers={layers}"] if layers else [])
 
 

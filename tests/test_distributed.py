@@ -15,7 +15,7 @@ from cvsjepa.distributed import GlobalBatchSampler
 from resume_state import edit_resume_state
 
 FAST = ["backbone=tiny", "data.frames=4", "head.num_heads=4", "head.mlp_hidden=32", "train.batch_size=8",
-        "train.epochs=2", "train.patience=0", "train.lr=3e-3", "--no-progress"]
+        "train.epochs=2", "train.patience=0", "train.min_steps=0", "train.lr=3e-3", "--no-progress"]
 
 
 def _torchrun(nproc: int, args: list[str]) -> subprocess.CompletedProcess:

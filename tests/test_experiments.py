@@ -24,7 +24,8 @@ from cvsjepa.train.sampling import balanced_weights
 REPO = Path(__file__).resolve().parent.parent
 CONFIGS = sorted(p for p in (REPO / "configs").glob("*.yaml") if p.name != "base.yaml")
 FAST = ["backbone=tiny", "data.frames=4", "head.num_heads=4", "head.mlp_hidden=32", "train.batch_size=8",
-        "train.epochs=1", "stage2.epochs=1", "stage2.batch_size=8", "train.patience=0"]
+        "train.epochs=1", "stage2.epochs=1", "stage2.batch_size=8", "train.patience=0",
+        "train.min_steps=0"]
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])

@@ -8,7 +8,7 @@ import pytest
 from cvsjepa.cli import main
 
 FAST = ["backbone=tiny", "data.frames=4", "head.num_heads=4", "head.mlp_hidden=32", "train.batch_size=8",
-        "train.epochs=1", "--no-progress"]
+        "train.epochs=1", "train.min_steps=0", "--no-progress"]
 
 
 @pytest.fixture(scope="module")

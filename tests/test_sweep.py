@@ -27,7 +27,7 @@ REPO = Path(__file__).resolve().parent.parent
 def args(root, store, out, *extra) -> list[str]:
     return ["backbone=tiny", f"data.root={root}", "data.frames=4", "data.limit_per_split=16",
             f"features.store={store}", "head.num_heads=4", "head.mlp_hidden=32", "train.batch_size=8",
-            "train.epochs=3", "train.patience=0", f"out={out}", *extra]
+            "train.epochs=3", "train.patience=0", "train.min_steps=0", f"out={out}", *extra]
 
 
 @pytest.fixture(scope="module")

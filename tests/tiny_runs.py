@@ -9,7 +9,7 @@ from pathlib import Path
 def tiny_train_args(root: Path, out: Path, frames: int = 4, epochs: int = 2) -> list[str]:
     return ["backbone=tiny", f"data.root={root}", f"out={out}", f"data.frames={frames}", "head.num_heads=4",
             "head.mlp_hidden=32", "train.batch_size=8", f"train.epochs={epochs}", "train.lr=1e-3",
-            "train.patience=0"]
+            "train.patience=0", "train.min_steps=0"]
 
 
 def train_tiny_run(root: Path, out: Path, frames: int = 4, epochs: int = 2) -> Path:

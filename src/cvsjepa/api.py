@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from .checkpoint import check_probabilities, load_classifier
-from .data.transforms import preprocess_frames
+from .data.transforms import preprocess_frames, view_count
 from .predict.operating import Operating, resolve_operating
 from .predict.timeline import Timeline, build_timeline
 from .data.video import open_frames
@@ -98,6 +98,11 @@ class CVSModel:
         return self.cfg.data.stride
 
     @property
+    def view(self) -> str:
+        """The field of view the model was trained on (``data.view``): clips are preprocessed with it."""
+        return self.cfg.data.view
+
+    @property
     def fps(self) -> float:
         return TRAINING_FPS
 
@@ -108,7 +113,8 @@ class CVSModel:
     def describe(self) -> dict:
         return {"checkpoint": str(self.checkpoint_dir), "backbone": self.model.backbone.name,
                 "backbone_path": self.cfg.backbone.path,
-                "crop": self.crop, "frames": self.frames, "stride": self.stride, "training_fps": self.fps,
+                "crop": self.crop, "view": self.view, "frames": self.frames, "stride": self.stride,
+                "training_fps": self.fps,
                 "thresholds": list(self.thresholds), "threshold_source": self.threshold_source,
                 "policy": self.rule.policy, "calibrated": self.calibration is not None, "device": str(self.device)}
 
@@ -118,21 +124,23 @@ class CVSModel:
         """Probabilities for one clip ``[3]`` or a batch ``[B, 3]``: the sigmoid of the logits, then the
         run's calibration (``raw=True``: without it).
 
-        ``clip``: preprocessed float ``[T, 3, crop, crop]`` / ``[B, T, 3, crop, crop]``, or raw uint8
-        frames ``[T, H, W, 3]`` / ``[B, T, H, W, 3]`` (preprocessed here, as in training). T is the
-        clip length; the model was trained on ``self.frames`` frames ``self.stride`` s apart.
+        ``clip``: preprocessed float ``[T, 3, crop, crop]`` / ``[B, T, 3, crop, crop]`` (a
+        ``three_crops`` model: ``[3, T, 3, crop, crop]`` / ``[B, 3, T, 3, crop, crop]``), or raw uint8
+        frames ``[T, H, W, 3]`` / ``[B, T, H, W, 3]`` (preprocessed here with ``self.view``, as in
+        training). T is the clip length; the model was trained on ``self.frames`` frames ``self.stride`` s apart.
         """
         x = torch.as_tensor(clip)
         if x.dtype == torch.uint8:
             if x.ndim not in (4, 5) or x.shape[-1] != 3:
                 raise ValueError(f"uint8 frames must be [T, H, W, 3] or [B, T, H, W, 3], got {tuple(x.shape)}")
             single = x.ndim == 4
-            x = torch.stack([preprocess_frames(c, self.crop) for c in (x[None] if single else x)])
+            x = torch.stack([preprocess_frames(c, self.crop, self.view) for c in (x[None] if single else x)])
         else:
-            if x.ndim not in (4, 5):
-                raise ValueError(f"a preprocessed clip must be [T, 3, crop, crop] or [B, T, 3, crop, crop], "
-                                 f"got {tuple(x.shape)}")
-            single = x.ndim == 4
+            one = 4 if view_count(self.view) == 1 else 5  # dims of one preprocessed clip
+            if x.ndim not in (one, one + 1):
+                shape = "[T, 3, crop, crop]" if one == 4 else "[3, T, 3, crop, crop] (data.view=three_crops)"
+                raise ValueError(f"a preprocessed clip must be {shape}, or a batch of them, got {tuple(x.shape)}")
+            single = x.ndim == one
             x = x[None] if single else x
         probs = self._raw_probs(x) if raw else self._probs(x)
         return probs[0] if single else probs
@@ -166,7 +174,7 @@ class CVSModel:
             return build_timeline(reader, self._raw_probs, crop=self.crop, frames=self.frames, stride=self.stride,
                                   rule=self.rule, consecutive_s=consecutive, batch_size=batch_size,
                                   progress=progress, model_info=self.describe(), criteria=self.criteria,
-                                  calibration=self.calibration)
+                                  calibration=self.calibration, view=self.view)
 
 
 def read_thresholds(path: str | Path) -> tuple[float, float, float]:

@@ -33,7 +33,7 @@ from .errors import CheckpointError
 from .heads import build_head
 from .io import (apply_umask, atomic_save_safetensors, atomic_write_json, load_safetensors, read_json_object,
                  sha256_file)
-from .model import CVSClassifier, build_seg_head
+from .model import CVSClassifier, build_seg_head, token_layout
 
 log = logging.getLogger("cvsjepa")
 
@@ -257,7 +257,7 @@ def load_classifier(ckpt_dir: Path, device: torch.device | str = "cpu",
     if adapter_dir is not None:
         load_lora_adapter(backbone, adapter_dir)
         backbone.freeze()
-    head = build_head(cfg.head, backbone.embed_dim)
+    head = build_head(cfg.head, backbone.embed_dim, layout=token_layout(cfg, backbone))
     model = CVSClassifier(backbone, head, base_fingerprint=fp, seg_head=build_seg_head(cfg, backbone)).to(device)
     load_weights_strict(model, load_safetensors(ckpt_dir / WEIGHTS_FILE), ckpt_dir / WEIGHTS_FILE,
                         include_lora=False)

@@ -50,6 +50,9 @@ MaskSource = Literal["auto", "semseg", "coco"]
 DecisionPolicy = Literal["balanced", "specificity", "precision", "sensitivity"]
 # How `evaluate --time-to-cvs` gets per-second probabilities (evaluate/time_to_cvs.py).
 TimeToCvsMethod = Literal["seconds", "keyframes", "off"]
+DataView = Literal["center", "letterbox", "three_crops"]
+PosEmbed = Literal["none", "learned"]
+SegDecoderType = Literal["coarse", "fine"]
 
 
 @dataclass
@@ -73,6 +76,11 @@ class DataConfig:
     frame_cache_mb: int = 1024  # RAM for preprocessed frames, reused by overlapping clips and later epochs
     limit_per_split: int = 0  # keep only the first N keyframes of each split (0 = all); for smoke runs
     criteria: list[str] = field(default_factory=lambda: list(CRITERIA))  # display names only
+    # field of view the model sees (data/transforms.py): center = V-JEPA 2's center crop (43 % of an
+    # 854x480 frame) | letterbox = the whole frame padded to a square (with the ImageNet mean) |
+    # three_crops = left/centre/right crops covering the whole frame, their tokens pooled by the head
+    # (3x the backbone compute). The same in train, extract, evaluate (TTA) and predict.
+    view: DataView = "center"
 
 
 @dataclass
@@ -94,6 +102,10 @@ class HeadConfig:
     pooler_mlp_ratio: float = 0.0  # MLP inside the pooling block (official probe: 4.0); 0 = none
     mlp_hidden: int = 512  # hidden width of the classifier MLP; 0 = a single Linear
     dropout: float = 0.0
+    # attentive head: positions of its own, added to the tokens it pools (the encoder's RoPE does not
+    # reach the head). none | learned = a learned embedding per axis of the token grid (view, level,
+    # time, row, column), summed; starts at 0, so it begins as `none` (heads/attentive.py)
+    pos_embed: PosEmbed = "none"
 
 
 @dataclass
@@ -136,14 +148,26 @@ class Stage2Config:
 
 @dataclass
 class TrainConfig:
+    # Budget of a stage: train.steps optimizer steps if > 0 (exact), else train.epochs epochs, which
+    # is extended to train.min_steps on a small dataset (the log's 15 epochs at batch 32 are 3,270
+    # steps on Endoscapes2023's 6,960 train keyframes but ~100 on 200). train/build.py: stage_budget.
     epochs: int = 15
+    steps: int = 0  # budget in optimizer steps; 0 = use train.epochs (the last epoch is cut at the step)
     batch_size: int = 32
     grad_accum: int = 1  # micro-batches per optimiser step (effective batch = batch_size * grad_accum)
     lr: float = 5e-4  # head learning rate
     weight_decay: float = 0.01
     warmup_epochs: float = 0.0  # linear warm-up, then cosine decay to min_lr_ratio * lr
+    warmup_steps: int = -1  # warm-up in optimizer steps; -1 = use warmup_epochs
     min_lr_ratio: float = 0.0
-    patience: int = 5  # early stopping on val mAP; 0 = never stop early
+    patience: int = 5  # early stopping: epochs without a better smoothed val mAP; 0 = never stop early
+    # no early stop before this many optimizer steps of the stage, and an epoch budget shorter than it
+    # is extended to it; -1 = auto: the end of warm-up + 500 steps (the attentive pooler starts as a
+    # plain average and needs a few hundred steps to learn where to look)
+    min_steps: int = -1
+    # early stopping watches the mean val mAP of the last N epochs (a val split with few positives per
+    # criterion is noisy); 1 = the raw val mAP. The best checkpoint is chosen on the raw val mAP.
+    patience_smoothing: int = 3
     grad_clip: float = 1.0  # max gradient norm; 0 = off
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     threads: int = 0  # CPU threads of the main process; 0 = one per usable core left after data workers (1 on <= 2 cores)
@@ -180,10 +204,16 @@ class SegConfig:
     """Multi-task segmentation (exp8): a light decoder on the keyframe's patch tokens."""
     enabled: bool = False
     weight: float = 0.5  # total loss = CVS loss + weight * segmentation cross-entropy
-    # mask class ids kept, in order (others -> background, 255 stays ignore). The log's 5 classes:
-    # background, cystic_plate, calot_triangle, cystic_artery, cystic_duct; all 7: [0, 1, 2, 3, 4, 5, 6]
-    classes: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4])
+    # classes kept, in order, by name (seg_label_map.txt) or by id of the default Endoscapes map
+    # (0 background, 1 cystic_plate, 2 calot_triangle, 3 cystic_artery, 4 cystic_duct, 5 gallbladder,
+    # 6 tool); the dataset's seg_label_map.txt translates names to its mask values. Others ->
+    # background, 255 stays ignore. The log's 5: [0, 1, 2, 3, 4]; all 7: [0, 1, 2, 3, 4, 5, 6]
+    classes: list[Any] = field(default_factory=lambda: [0, 1, 2, 3, 4])
     decoder_dim: int = 256
+    # coarse = two x2 upsamplings of the keyframe's token grid, then bilinear (a 4x4 grid gives 16x16) |
+    # fine = every multilevel layer fused, and each token decoded to its own patch of pixels (pixel
+    # shuffle), so structures thinner than a token (the cystic artery and duct) can appear
+    decoder: SegDecoderType = "coarse"
     # where masks come from: semseg = semseg/{vid}_{frame}.png; coco = the instance masks (RLE or
     # polygons) of {train,val,test}_seg/annotation_coco.json; auto = the PNG when there is one, else COCO
     masks: MaskSource = "auto"
@@ -371,6 +401,7 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError(f"train.threads must be >= 0 (0 = chosen from the usable cores), got {cfg.train.threads}")
     if cfg.train.lr <= 0:
         raise ConfigError(f"train.lr must be > 0, got {cfg.train.lr}")
+    _validate_budget(cfg.train)
     if cfg.loss.pos_weight and len(cfg.loss.pos_weight) != 3:
         raise ConfigError(f"loss.pos_weight needs one weight per criterion (3), got {cfg.loss.pos_weight}")
     if not 0 <= cfg.loss.label_smoothing < 1:
@@ -385,14 +416,36 @@ def validate(cfg: RunConfig) -> None:
             raise ConfigError("seg.enabled needs the keyframe's masks next to its tokens; train it without features.store")
         if cfg.train.mixup_alpha or cfg.train.cutmix_alpha:
             raise ConfigError("seg.enabled with MixUp/CutMix would mix masks too; turn one of them off")
-        if not cfg.seg.classes or cfg.seg.classes[0] != 0 or len(set(cfg.seg.classes)) != len(cfg.seg.classes):
-            raise ConfigError(f"seg.classes must start with 0 (background) and not repeat, got {cfg.seg.classes}")
+        classes = cfg.seg.classes
+        if (not classes or classes[0] not in (0, "background") or len(set(map(str, classes))) != len(classes)
+                or not all(isinstance(c, str) and c or isinstance(c, int) and c >= 0 for c in classes)):
+            raise ConfigError(f"seg.classes must be class names or ids, start with background (0) and not "
+                              f"repeat, got {classes}")
+        if cfg.data.view == "three_crops":
+            raise ConfigError("seg.enabled with data.view=three_crops would score overlapping crops twice; use "
+                              "data.view=center or letterbox for multi-task training")
+    if cfg.features.views > 1 and cfg.data.view != "center":
+        raise ConfigError(f"features.views={cfg.features.views} shifts the center crop (test-time views); with "
+                          f"data.view={cfg.data.view} the model already sees the whole frame: set features.views=1")
     if cfg.resume and not cfg.out:
         raise ConfigError("resume=true needs out=<the run directory to continue>")
     if not 0 <= cfg.data.val_fraction < 1:
         raise ConfigError(f"data.val_fraction must be in [0, 1), got {cfg.data.val_fraction}")
     if len(cfg.data.criteria) != 3:
         raise ConfigError(f"data.criteria must name the 3 CVS criteria, got {cfg.data.criteria}")
+
+
+def _validate_budget(t: TrainConfig) -> None:
+    for key, value, low in (("train.steps", t.steps, 0), ("train.warmup_steps", t.warmup_steps, -1),
+                            ("train.min_steps", t.min_steps, -1), ("train.patience_smoothing", t.patience_smoothing, 1),
+                            ("train.patience", t.patience, 0)):
+        if value < low:
+            raise ConfigError(f"{key} must be >= {low}, got {value}")
+    if t.warmup_epochs < 0:
+        raise ConfigError(f"train.warmup_epochs must be >= 0, got {t.warmup_epochs}")
+    if t.warmup_steps >= 0 and t.warmup_epochs > 0:
+        raise ConfigError(f"set the warm-up once: train.warmup_steps={t.warmup_steps} and train.warmup_epochs="
+                          f"{t.warmup_epochs} are both given (warmup_steps=-1 means 'use warmup_epochs')")
 
 
 def to_yaml(cfg: RunConfig) -> str:

@@ -1,8 +1,10 @@
 """The classifier: a backbone (or stored tokens) feeding a head.
 
 ``CVSClassifier.forward(batch)`` takes the loader's batch dict: ``batch["video"]``
-[B, T, 3, crop, crop] runs the backbone; ``batch["tokens"]`` [B, N, D] (from a feature store)
-skips it. The head never knows which path its tokens came from.
+[B, T, 3, crop, crop] runs the backbone; a multi-view clip [B, V, T, 3, crop, crop]
+(``data.view=three_crops``) runs it on each view and concatenates the views' tokens along the token
+axis (view-major), so the head pools over all of them; ``batch["tokens"]`` [B, N, D] (from a
+feature store) skips it. The head never knows which path its tokens came from.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import torch
 from torch import nn
 
 from .backbones import Backbone
+from .heads.positions import TokenLayout
 
 
 class CVSClassifier(nn.Module):
@@ -29,13 +32,17 @@ class CVSClassifier(nn.Module):
         return self.backbone is None or not any(p.requires_grad for p in self.backbone.parameters())
 
     def tokens(self, batch: dict) -> torch.Tensor:
+        """``[B, N, D]``; for multi-view clips ``[B, V * N, D]`` (view-major)."""
         if "tokens" in batch:
             return batch["tokens"].float()
         if self.backbone is None:
             raise ValueError("batch has no 'tokens' and the classifier has no backbone")
-        if self.backbone_frozen:
-            return self.backbone.extract(batch["video"])
-        return self.backbone(batch["video"])
+        video = batch["video"]
+        views = video.shape[1] if video.ndim == 6 else 0
+        if views:
+            video = video.flatten(0, 1)  # [B V, T, 3, crop, crop]: one backbone pass for every view
+        out = self.backbone.extract(video) if self.backbone_frozen else self.backbone(video)
+        return out.reshape(-1, views * out.shape[1], out.shape[2]) if views else out
 
     def forward(self, batch: dict, return_attention: bool = False, multitask: bool = False):
         """CVS logits [B, 3] (with ``return_attention`` also the head's attention); with ``multitask``
@@ -69,11 +76,22 @@ def count_params(module: nn.Module) -> tuple[int, int]:
     return trainable, total
 
 
+def token_layout(cfg, backbone: Backbone) -> TokenLayout:
+    """Where each token of a clip sits: views (``data.view``), levels (``backbone.layers``), the
+    backbone's grid for ``data.frames`` (halved in rows and columns by ``features.pool=avg2x2``)."""
+    from .data.transforms import view_count
+
+    levels, t, h, w = backbone.token_layout(cfg.data.frames)
+    if cfg.features.store and cfg.features.pool == "avg2x2":
+        h, w = h // 2, w // 2
+    return TokenLayout.of(view_count(cfg.data.view), levels, (t, h, w))
+
+
 def build_seg_head(cfg, backbone: Backbone) -> nn.Module | None:
     """The segmentation decoder ``cfg.seg`` asks for, on the backbone's token grid; None when off."""
     if not cfg.seg.enabled:
         return None
-    from .heads.segmentation import SegDecoder
+    from .heads.segmentation import SEG_DECODERS
 
-    return SegDecoder(backbone.embed_dim, len(cfg.seg.classes), backbone.token_grid(cfg.data.frames),
-                      backbone.crop_size, cfg.seg.decoder_dim)
+    return SEG_DECODERS[cfg.seg.decoder](backbone.embed_dim, len(cfg.seg.classes), backbone.token_grid(cfg.data.frames),
+                                         backbone.crop_size, cfg.seg.decoder_dim, levels=backbone.num_levels)

@@ -16,7 +16,7 @@ from PIL import Image
 from cvsjepa.cli import main
 
 FAST = ["backbone=tiny", "data.frames=4", "head.num_heads=4", "head.mlp_hidden=32", "train.batch_size=8",
-        "train.epochs=2", "train.patience=0", "--no-progress"]
+        "train.epochs=2", "train.patience=0", "train.min_steps=0", "--no-progress"]
 
 
 @pytest.fixture

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..config import choices
 from ._common import print_table
 
 NAME = "check-data"
@@ -31,6 +32,11 @@ def add_parser(sub) -> None:
     c.add_argument("--stride", type=int, default=1, help="Endoscapes: clip stride to check (default 1)")
     c.add_argument("--frame-source", choices=("auto", "video", "frames"), default="auto",
                    help="SAGES: check the mp4s (video) or the frames/ folders (frames); default: videos when present")
+    c.add_argument("--view", default="center", choices=choices("data.view"),
+                   help="Endoscapes: field of view to measure on the masks, as the run's data.view (default "
+                        "center): the share of each class's mask pixels it keeps is printed")
+    c.add_argument("--crop", type=int, default=256,
+                   help="the backbone's input size, as its preset's crop (default 256: V-JEPA 2 ViT-L/H/g)")
     c.add_argument("--no-decode", action="store_true",
                    help="check existence (and video headers) only, do not decode every JPEG or video")
     c.add_argument("--no-progress", action="store_true")
@@ -42,13 +48,16 @@ def run(args) -> int:
 
     report = check_dataset(Path(args.root), tuple(args.splits), args.frames, args.stride,
                            decode=not args.no_decode, progress=not args.no_progress, fmt=args.format,
-                           frame_source=args.frame_source)
+                           frame_source=args.frame_source, view=args.view, crop=args.crop)
     print_table(report.rows)
     if report.videos_decoded:
         print(f"\n{report.videos_decoded} videos decoded to the end")
     else:
         print(f"\n{report.frames_decoded} clip frames decoded, {report.masks_checked} semseg masks and "
               f"{report.coco_masks_checked} COCO instance-mask frames checked")
+    if report.coverage_rows():
+        print(f"\nshare of each class's mask pixels that data.view={args.view} keeps at crop {args.crop}:")
+        print_table(report.coverage_rows())
     if report.warnings:
         print(f"\n{len(report.warnings)} warning(s):")
         for where, what in report.warnings:

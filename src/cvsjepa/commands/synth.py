@@ -36,6 +36,10 @@ def add_parser(sub) -> None:
     s.add_argument("--seg-every", type=int, default=30, metavar="SECONDS",
                    help="endoscapes: seconds between masked frames of those videos (default 30, the BBox frames; "
                         "5 = every CVS keyframe, to watch a segmentation head learn)")
+    s.add_argument("--centred", action="store_true",
+                   help="endoscapes: draw the anatomy inside the centre crop in every video (before generator "
+                        "version 3); by default each video frames it left, centre or right, so data.view=center "
+                        "misses part of it")
     s.add_argument("--overwrite", action="store_true", help="replace a dataset folder this command wrote before")
     s.add_argument("--no-progress", action="store_true")
     s.set_defaults(func=run)
@@ -59,7 +63,7 @@ def run(args) -> int:
 
         summary = write_synthetic_dataset(Path(args.out), seed=args.seed, seg_fraction=args.seg_fraction,
                                           seg_every_s=args.seg_every, overwrite=args.overwrite,
-                                          progress=not args.no_progress, **seconds,
+                                          progress=not args.no_progress, outside_crop=not args.centred, **seconds,
                                           **({"videos": tuple(args.videos)} if args.videos else {}))
     print(json.dumps(summary, indent=2))
     return 0

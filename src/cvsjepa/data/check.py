@@ -2,10 +2,13 @@
 
 Endoscapes2023: every keyframe's clip frames exist and decode with one size per clip, labels are
 valid rater means, split lists name only annotated videos, splits share no video, symlinked folders
-are real links, masks have the right size and values, and, when the root is the full
-Endoscapes2023, the counts per split match the published ones. A split without a positive keyframe
-for a criterion is usable but reported (warnings): that criterion's AP is undefined there and it
-leaves the mAP.
+are real links, ``seg_label_map.txt`` names known classes, masks have the right size and values,
+and, when the root is the full Endoscapes2023, the counts per split match the published ones. A
+split without a positive keyframe for a criterion is usable but reported (warnings): that
+criterion's AP is undefined there and it leaves the mAP. For the masks it also measures, per class,
+the share of its pixels that the configured field of view (``data.view`` at the backbone's crop)
+keeps: what a centre crop cuts away is invisible to the model, and to every metric computed on the
+cropped masks.
 SAGES CVS Challenge 2024: see :mod:`.sages_check` (videos decode, frame counts, CSV columns and
 values, no video in two splits). The format is recognised as for training (:mod:`.index`).
 """
@@ -23,7 +26,8 @@ from .endoscapes import SplitIndex, label_prevalence, load_split
 from .frames import clip_size_problem, frame_size, looks_like_link_placeholder, read_frame
 from .index import detect_format
 from .sages import FORMAT as SAGES
-from .masks import CocoMasks, read_semseg
+from .masks import CocoMasks, dataset_label_map, read_semseg
+from .transforms import view_coverage
 
 # Endoscapes2023 as published (reference/endoscapes2023.md): videos, 1 fps frames, CVS keyframes.
 PUBLISHED = {"train": (120, 36694, 6960), "val": (41, 12372, 2331), "test": (40, 9747, 1799)}
@@ -39,6 +43,15 @@ class CheckReport:
     videos_decoded: int = 0  # SAGES: videos decoded to the end
     masks_checked: int = 0
     coco_masks_checked: int = 0  # frames of *_seg/annotation_coco.json whose instance masks decoded
+    view: str = "center"
+    crop: int = 256
+    # class name -> [pixels the view keeps, pixels in the frames], over every readable mask
+    coverage: dict[str, list[int]] = field(default_factory=dict)
+
+    def coverage_rows(self) -> list[dict]:
+        """One row per class that has pixels: the share of them the view keeps."""
+        return [{"class": name, "mask_pixels": total, f"kept_by_{self.view}": kept / total}
+                for name, (kept, total) in self.coverage.items() if total]
 
     @property
     def usable(self) -> bool:
@@ -47,11 +60,11 @@ class CheckReport:
 
 def check_dataset(root: Path, splits=("train", "val", "test"), frames: int = 16, stride: int = 1,
                   decode: bool = True, progress: bool = True, fmt: str = "auto",
-                  frame_source: str = "auto") -> CheckReport:
+                  frame_source: str = "auto", view: str = "center", crop: int = 256) -> CheckReport:
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"dataset root {root} does not exist or is not a folder")
-    report = CheckReport()
+    report = CheckReport(view=view, crop=crop)
     if (fmt if fmt != "auto" else detect_format(root)) == SAGES:
         from .sages_check import check_sages
 
@@ -139,15 +152,20 @@ def _check_links(root: Path, report: CheckReport) -> None:
 
 
 def _check_masks(root: Path, report: CheckReport, progress: bool) -> None:
+    try:
+        label_map = dataset_label_map(root)
+    except DataError as e:
+        report.problems.append((str(root), str(e)))
+        return
     masks = sorted((root / "semseg").glob("*.png")) if (root / "semseg").is_dir() else []
     for path in tqdm(masks, desc="checking masks", unit="mask", disable=not progress):
         try:
-            read_semseg(path)
+            _count_coverage(report, read_semseg(path, values=list(label_map.values())), label_map)
         except DataError as e:
             report.problems.append((str(path), str(e)))
     report.masks_checked = len(masks)
     try:
-        coco = CocoMasks.find(root)
+        coco = CocoMasks.find(root, label_map)
     except DataError as e:
         report.problems.append(("*_seg/annotation_coco.json", str(e)))
         return
@@ -158,10 +176,21 @@ def _check_masks(root: Path, report: CheckReport, progress: bool) -> None:
         except DataError:
             hw = None
         try:
-            coco.semantic(vid, frame, expected_hw=hw)
+            mask = coco.semantic(vid, frame, expected_hw=hw)
         except DataError as e:
             report.problems.append((str(path), str(e)))
+            continue
+        if not masks:  # the PNGs, when present, already counted these frames
+            _count_coverage(report, mask, label_map)
     report.coco_masks_checked = len(coco)
+
+
+def _count_coverage(report: CheckReport, mask, label_map: dict[str, int]) -> None:
+    kept = view_coverage(mask, report.crop, report.view, list(label_map.values()))
+    for name, value in label_map.items():
+        acc = report.coverage.setdefault(name, [0, 0])
+        acc[0] += kept[value][0]
+        acc[1] += kept[value][1]
 
 
 def _check_published_counts(report: CheckReport) -> None:

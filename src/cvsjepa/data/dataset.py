@@ -1,4 +1,5 @@
-"""The torch Dataset of keyframe clips: JPEG frames -> preprocessed ``[T, 3, crop, crop]`` clips.
+"""The torch Dataset of keyframe clips: JPEG frames -> preprocessed ``[T, 3, crop, crop]`` clips
+(``[3, T, 3, crop, crop]`` with ``data.view=three_crops``).
 
 Frames are preprocessed one at a time and the preprocessed frame is cached (LRU keyed by path):
 consecutive keyframe clips overlap (16-s windows every 5 s), so a sequential pass decodes and
@@ -21,7 +22,7 @@ from ..config import TargetMode
 from ..errors import DataError
 from .endoscapes import BAD_SAMPLE_POLICIES, Sample
 from .frames import check_clip_sizes, read_frame
-from .transforms import preprocess_frames
+from .transforms import check_view, preprocess_frame, stack_clip
 from .video_frames import FrameSource, decode_groups
 
 log = logging.getLogger("cvsjepa")
@@ -29,25 +30,27 @@ log = logging.getLogger("cvsjepa")
 TARGET_MODES = get_args(TargetMode)
 
 
-def load_preprocessed(path: Path, crop: int) -> torch.Tensor:
-    """One JPEG -> float32 ``[3, crop, crop]`` through the one preprocessing path."""
-    return preprocess_pixels(read_frame(path), crop)
+def load_preprocessed(path: Path, crop: int, view: str = "center") -> torch.Tensor:
+    """One JPEG -> float32 ``[3, crop, crop]`` (``three_crops``: ``[3, 3, crop, crop]``) through the
+    one preprocessing path."""
+    return preprocess_pixels(read_frame(path), crop, view)
 
 
-def preprocess_pixels(pixels: torch.Tensor, crop: int) -> torch.Tensor:
-    """One decoded frame, uint8 ``[H, W, 3]`` -> float32 ``[3, crop, crop]`` (the one preprocessing path)."""
-    return preprocess_frames(pixels.unsqueeze(0), crop)[0]
+def preprocess_pixels(pixels: torch.Tensor, crop: int, view: str = "center") -> torch.Tensor:
+    """One decoded frame, uint8 ``[H, W, 3]`` -> float32 ``[3, crop, crop]`` (``three_crops``:
+    ``[3, 3, crop, crop]``): the one preprocessing path."""
+    return preprocess_frame(pixels, crop, view)
 
 
-def load_sized(path: Path, crop: int) -> tuple[torch.Tensor, tuple[int, int]]:
+def load_sized(path: Path, crop: int, view: str = "center") -> tuple[torch.Tensor, tuple[int, int]]:
     """:func:`load_preprocessed` and the decoded ``(H, W)`` of the JPEG (a clip's frames must agree)."""
     pixels = read_frame(path)
-    return preprocess_pixels(pixels, crop), (int(pixels.shape[0]), int(pixels.shape[1]))
+    return preprocess_pixels(pixels, crop, view), (int(pixels.shape[0]), int(pixels.shape[1]))
 
 
-def preprocess_sized(pixels: torch.Tensor, crop: int) -> tuple[torch.Tensor, tuple[int, int]]:
+def preprocess_sized(pixels: torch.Tensor, crop: int, view: str = "center") -> tuple[torch.Tensor, tuple[int, int]]:
     """:func:`preprocess_pixels` and the decoded ``(H, W)`` of a video frame."""
-    return preprocess_pixels(pixels, crop), (int(pixels.shape[0]), int(pixels.shape[1]))
+    return preprocess_pixels(pixels, crop, view), (int(pixels.shape[0]), int(pixels.shape[1]))
 
 
 def sample_fields(s: Sample, target: str) -> dict:
@@ -74,7 +77,7 @@ def batch_video_ids(values) -> list[int | str]:
 class ClipDataset(Dataset):
     """Keyframe clips with their targets.
 
-    Item: ``video`` float32 ``[T, 3, crop, crop]``; ``target`` float32 ``[3]`` (the 0/1 label for
+    Item: ``video`` float32 ``[T, 3, crop, crop]`` (``view="three_crops"``: ``[3, T, 3, crop, crop]``); ``target`` float32 ``[3]`` (the 0/1 label for
     ``target="hard"``, the rater mean for ``"soft"``); ``label`` and ``rater_mean`` float32 ``[3]``;
     ``sample_id`` str, ``video_id`` int (Endoscapes) or str (SAGES), ``frame`` int.
     With ``on_bad_sample="skip"`` a clip whose frame cannot be read gives ``None`` (drop it with
@@ -84,7 +87,7 @@ class ClipDataset(Dataset):
     """
 
     def __init__(self, samples: list[Sample], crop: int, target: str = "hard", cache_frames: int = 64,
-                 on_bad_sample: str = "error", cache_videos: int = 2):
+                 on_bad_sample: str = "error", cache_videos: int = 2, view: str = "center"):
         if target not in TARGET_MODES:
             raise ValueError(f"target must be one of {TARGET_MODES}, got {target!r}")
         if on_bad_sample not in BAD_SAMPLE_POLICIES:
@@ -93,9 +96,11 @@ class ClipDataset(Dataset):
         self.crop = crop
         self.target = target
         self.on_bad_sample = on_bad_sample
+        self.view = check_view(view)
         # A partial of a module-level function pickles for spawned workers, unlike a bound lambda.
-        self.cache = FrameSource(functools.partial(load_sized, crop=crop),
-                                 functools.partial(preprocess_sized, crop=crop), cache_frames, cache_videos)
+        self.cache = FrameSource(functools.partial(load_sized, crop=crop, view=self.view),
+                                 functools.partial(preprocess_sized, crop=crop, view=self.view), cache_frames,
+                                 cache_videos)
         self.cache.need(r for s in self.samples for r in s.clip_paths)
         self.decode_groups = decode_groups(self.samples, cache_videos)  # training order that decodes videos once
 
@@ -114,12 +119,12 @@ class ClipDataset(Dataset):
         return {"video": video, **sample_fields(s, self.target)}
 
     def load_clip(self, s: Sample) -> torch.Tensor:
-        """float32 ``[T, 3, crop, crop]`` for the sample's clip (padding repeats reuse one frame);
-        DataError when its frames differ in size."""
+        """float32 ``[T, 3, crop, crop]`` (or ``[V, T, 3, crop, crop]``) for the sample's clip (padding
+        repeats reuse one frame); DataError when its frames differ in size."""
         frames = {p: self.cache.get(p) for p in dict.fromkeys(s.clip_paths)}
         check_clip_sizes({p: hw for p, (_, hw) in frames.items()}, f"the clip of keyframe {s.sample_id}",
                          s.clip_paths[-1])
-        return torch.stack([frames[p][0] for p in s.clip_paths])
+        return stack_clip([frames[p][0] for p in s.clip_paths])
 
 
 

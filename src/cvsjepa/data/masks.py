@@ -1,33 +1,97 @@
 """Endoscapes semantic masks: ``semseg/{vid}_{frame}.png``, 480x854, 3 identical channels whose value
 is the class id (0 background, 1 cystic_plate, 2 calot_triangle, 3 cystic_artery, 4 cystic_duct,
-5 gallbladder, 6 tool) and 255 = ignore. ``seg_label_map.txt`` names the ids. A copy with only the COCO instance masks
+5 gallbladder, 6 tool) and 255 = ignore. ``seg_label_map.txt`` names the ids (:func:`dataset_label_map`
+reads it; ``seg.classes`` are translated through it, so a dataset numbered otherwise is read right). A copy with only the COCO instance masks
 (``{split}_seg/annotation_coco.json``, RLE or polygons) gets the same class-id map from
 :class:`CocoMasks`."""
 
 from __future__ import annotations
 
+import logging
 import re
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from ..errors import DataError
+from ..errors import ConfigError, DataError
 from .frames import link_placeholder_error, looks_like_link_placeholder
 
 IGNORE = 255
+LABEL_MAP_FILE = "seg_label_map.txt"
 DEFAULT_LABEL_MAP = {"background": 0, "cystic_plate": 1, "calot_triangle": 2, "cystic_artery": 3,
                      "cystic_duct": 4, "gallbladder": 5, "tool": 6}
+# other spellings of the same classes (after lower-casing and joining words with "_")
+ALIASES = {"hepatocystic_triangle": "calot_triangle", "hepatocystic_triangle_dissection": "calot_triangle",
+           "calots_triangle": "calot_triangle", "gall_bladder": "gallbladder", "instrument": "tool",
+           "tools": "tool", "bg": "background"}
+
+log = logging.getLogger("cvsjepa")
+
+
+def canonical_name(name: str) -> str | None:
+    """A class name as this tool spells it (``"Cystic Plate"`` -> ``"cystic_plate"``), or None if unknown."""
+    key = re.sub(r"[\s\-]+", "_", str(name).strip().lower())
+    key = ALIASES.get(key, key)
+    return key if key in DEFAULT_LABEL_MAP else None
+
+
+def class_name(entry, where: str = "seg.classes") -> str:
+    """One ``seg.classes`` entry (a class name, or an id of the default Endoscapes map) -> its name."""
+    if isinstance(entry, int):
+        names = {v: k for k, v in DEFAULT_LABEL_MAP.items()}
+        if entry not in names:
+            raise ConfigError(f"{where}: {entry} is not a class id of the Endoscapes map "
+                              f"({', '.join(f'{v} {k}' for k, v in DEFAULT_LABEL_MAP.items())}); give the class by name")
+        return names[entry]
+    name = canonical_name(entry)
+    if name is None:
+        raise ConfigError(f"{where}: unknown class name {entry!r} (known: {', '.join(DEFAULT_LABEL_MAP)})")
+    return name
 
 
 def seg_class_names(cfg) -> list[str]:
-    """Display names of ``cfg.seg.classes`` (class ids of the default label map; unknown ids as ``class<k>``)."""
-    names = {v: k for k, v in DEFAULT_LABEL_MAP.items()}
-    return [names.get(c, f"class{c}") for c in cfg.seg.classes]
+    """Names of ``cfg.seg.classes``, in order (index k of the decoder's output is class k here)."""
+    return [class_name(c) for c in cfg.seg.classes]
+
+
+def dataset_label_map(root: Path) -> dict[str, int]:
+    """The dataset's ``seg_label_map.txt`` as ``{name: mask value}`` (names as this tool spells them).
+
+    DataError naming the file for a name this tool does not know, a repeated name or value, or the
+    value 255 (ignore). Without the file: the default Endoscapes map, with a logged note."""
+    path = Path(root) / LABEL_MAP_FILE
+    if not path.is_file():
+        log.info("%s not found: masks are read with the Endoscapes class ids (%s)", path,
+                 ", ".join(f"{v} {k}" for k, v in DEFAULT_LABEL_MAP.items()))
+        return dict(DEFAULT_LABEL_MAP)
+    out: dict[str, int] = {}
+    for raw, value in read_label_map(path).items():
+        name = canonical_name(raw)
+        if name is None:
+            raise DataError(f"{path}: unknown class name {raw!r}; cvsjepa knows {', '.join(DEFAULT_LABEL_MAP)} "
+                            f"(and {', '.join(ALIASES)}). Rename it in the file to the class it is")
+        if name in out or value in out.values() or value == IGNORE:
+            raise DataError(f"{path}: {raw!r} = {value} repeats a class or a value (or uses {IGNORE}, the ignore "
+                            f"value); each class needs its own value")
+        out[name] = value
+    return out
+
+
+def seg_class_ids(cfg, label_map: dict[str, int], where: str = LABEL_MAP_FILE) -> list[int]:
+    """The mask values of ``cfg.seg.classes`` in the dataset (``label_map`` from :func:`dataset_label_map`)."""
+    ids = []
+    for name in seg_class_names(cfg):
+        if name not in label_map:
+            raise DataError(f"seg.classes asks for {name!r}, which {where} does not list "
+                            f"(it has {', '.join(label_map)}); drop it from seg.classes")
+        ids.append(label_map[name])
+    return ids
 
 
 def read_label_map(path: Path) -> dict[str, int]:
-    """``name: id`` / ``name id`` / ``id name`` per line; blank lines and # comments ignored."""
+    """``name: id`` / ``name id`` / ``id name`` per line (a name may have several words); blank
+    lines and # comments ignored."""
     out = {}
     for n, line in enumerate(Path(path).read_text().splitlines(), 1):
         line = line.split("#", 1)[0].strip()
@@ -36,14 +100,16 @@ def read_label_map(path: Path) -> dict[str, int]:
         parts = [p for p in re.split(r"[\s:,=]+", line) if p]
         ids = [p for p in parts if p.isdigit()]
         names = [p for p in parts if not p.isdigit()]
-        if len(ids) != 1 or len(names) != 1:
+        if len(ids) != 1 or not names:
             raise DataError(f"{path}, line {n}: expected a class name and an id, got {line!r}")
-        out[names[0]] = int(ids[0])
+        out["_".join(names)] = int(ids[0])
     return out
 
 
-def read_semseg(path: Path, expected_hw: tuple[int, int] | None = (480, 854), num_classes: int = 7) -> np.ndarray:
-    """uint8 [H, W] class ids (255 = ignore). DataError naming the file for every mismatch."""
+def read_semseg(path: Path, expected_hw: tuple[int, int] | None = (480, 854), num_classes: int = 7,
+                values: "list[int] | None" = None) -> np.ndarray:
+    """uint8 [H, W] class ids (255 = ignore). DataError naming the file for every mismatch.
+    ``values``: the class values the dataset's label map defines (default ``0..num_classes-1``)."""
     path = Path(path)
     if not path.exists():
         raise DataError(f"mask {path} does not exist")
@@ -63,9 +129,11 @@ def read_semseg(path: Path, expected_hw: tuple[int, int] | None = (480, 854), nu
     if expected_hw is not None and arr.shape != tuple(expected_hw):
         raise DataError(f"mask {path} is {arr.shape[1]}x{arr.shape[0]}, expected {expected_hw[1]}x{expected_hw[0]} "
                         f"(the size of its frame)")
-    bad = np.setdiff1d(np.unique(arr), np.r_[np.arange(num_classes), IGNORE])
+    allowed = np.arange(num_classes) if values is None else np.asarray(sorted(values))
+    bad = np.setdiff1d(np.unique(arr), np.r_[allowed, IGNORE])
     if bad.size:
-        raise DataError(f"mask {path} holds values {bad.tolist()[:6]} outside the class ids 0-{num_classes - 1} "
+        what = f"0-{num_classes - 1}" if values is None else f"{allowed.tolist()} ({LABEL_MAP_FILE})"
+        raise DataError(f"mask {path} holds values {bad.tolist()[:6]} outside the class ids {what} "
                         f"and {IGNORE} (ignore)")
     return arr.astype(np.uint8)
 
@@ -80,7 +148,8 @@ class CocoMasks:
     for a copy of the dataset that has those but no ``semseg/`` PNGs.
 
     * Every image listed in one of those files is a masked frame; pixels no instance covers are
-      background (0). Category ids are the class ids (Endoscapes: COCO ids 1-6 = seg ids 1-6).
+      background (0). A category is painted with the value ``label_map`` gives its name (the file's
+      ``categories``), else with its id (Endoscapes: COCO ids 1-6 = seg ids 1-6).
     * Instances are painted largest first, so a thin cystic artery or duct stays on top of the
       gallbladder it overlaps.
     * An instance with a box but no ``segmentation`` marks its box 255 (ignore) under the instances
@@ -90,16 +159,18 @@ class CocoMasks:
       list) or polygons; pycocotools decodes all three.
     """
 
-    def __init__(self, files: list[Path]):
+    def __init__(self, files: list[Path], label_map: dict[str, int] | None = None):
         # (video_id, frame) -> (json path, image entry, [annotations])
         self.frames: dict[tuple[int, int], tuple[Path, dict, list[dict]]] = {}
+        self.label_map = dict(label_map or DEFAULT_LABEL_MAP)
+        self.values: dict[Path, dict[int, int]] = {}  # per file: category id -> class value
         for path in files:
             self._read(Path(path))
 
     @classmethod
-    def find(cls, root: Path) -> "CocoMasks":
+    def find(cls, root: Path, label_map: dict[str, int] | None = None) -> "CocoMasks":
         files = [Path(root) / d / "annotation_coco.json" for d in SEG_COCO_FILES]
-        return cls([f for f in files if f.exists()])
+        return cls([f for f in files if f.exists()], label_map)
 
     def __len__(self) -> int:
         return len(self.frames)
@@ -115,6 +186,12 @@ class CocoMasks:
         anns = data.get("annotations") or []
         if not isinstance(anns, list):
             raise DataError(f"{path}: 'annotations' is not a list")
+        values = {}
+        for c in data.get("categories") or []:
+            name = canonical_name(c.get("name", "")) if isinstance(c, dict) else None
+            if name in self.label_map and isinstance(c.get("id"), int):
+                values[c["id"]] = self.label_map[name]
+        self.values[path] = values
         by_image: dict[object, list[dict]] = {}
         for a in anns:
             if not isinstance(a, dict) or "image_id" not in a or "category_id" not in a:
@@ -136,6 +213,7 @@ class CocoMasks:
 
         path, img, anns = self.frames[(video_id, frame)]
         where = f"{path}, image {img.get('file_name')!r}"
+        values, allowed = self.values.get(path, {}), set(self.label_map.values())
         try:
             h, w = int(img["height"]), int(img["width"])
         except (KeyError, TypeError, ValueError):
@@ -146,9 +224,12 @@ class CocoMasks:
         masks = []
         for a in anns:
             aw = f"{where}, annotation {a.get('id')!r}"
-            cls = a["category_id"]
-            if not isinstance(cls, int) or not 1 <= cls < num_classes:
-                raise DataError(f"{aw}: category_id {cls!r} is not a class id 1-{num_classes - 1}")
+            cat = a["category_id"]
+            cls = values.get(cat, cat) if isinstance(cat, int) and not isinstance(cat, bool) else None
+            if cls is None or cls not in allowed or cls == self.label_map.get("background") or cls >= IGNORE:
+                ids = sorted(v for k, v in self.label_map.items() if k != "background")
+                raise DataError(f"{aw}: category_id {cat!r} is not a class id {ids[0]}-{ids[-1]} "
+                                f"(the foreground classes of {LABEL_MAP_FILE})")
             seg = a.get("segmentation")
             if not seg:
                 x, y, bw, bh = _bbox(a, aw)

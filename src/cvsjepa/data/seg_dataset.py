@@ -1,4 +1,5 @@
-"""Clips with the keyframe's segmentation mask, mapped through the same resize and crop as the frames.
+"""Clips with the keyframe's segmentation mask, mapped through the same resize and view as the frames
+(``transforms.preprocess_mask``; letterbox padding is ignore, 255).
 
 Samples without a mask get an all-ignore mask (255) and ``has_mask=False``: they contribute nothing
 to the segmentation loss (never a zero, i.e. all-background, mask).
@@ -10,26 +11,18 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from .dataset import ClipDataset
 from .frames import frame_size
-from .masks import IGNORE, CocoMasks, read_semseg
-from .transforms import crop_box
+from .masks import DEFAULT_LABEL_MAP, IGNORE, CocoMasks, read_semseg
+from .transforms import preprocess_mask
 
-
-def preprocess_mask(mask: np.ndarray, crop: int) -> torch.Tensor:
-    """uint8 [H, W] class ids -> long [crop, crop]: nearest resize of the short side, center crop
-    (the geometry of ``transforms.preprocess_frames``)."""
-    h, w = mask.shape
-    new_h, new_w, top, left, _, _ = crop_box(h, w, crop)
-    m = torch.from_numpy(mask.astype(np.int64))[None, None].float()
-    m = F.interpolate(m, size=(new_h, new_w), mode="nearest-exact")[0, 0].long()
-    return m[top:top + crop, left:left + crop]
+__all__ = ["SegClipDataset", "preprocess_mask", "remap_classes"]
 
 
 def remap_classes(mask: torch.Tensor, classes: list[int]) -> torch.Tensor:
-    """Raw ids -> indices into ``classes``; ids not listed -> 0 (background); 255 stays 255."""
+    """Raw mask values -> indices into ``classes`` (the dataset's values of ``seg.classes``, in order);
+    values not listed -> 0 (background); 255 stays 255."""
     lut = torch.zeros(256, dtype=torch.long)
     for i, c in enumerate(classes):
         lut[c] = i
@@ -43,15 +36,18 @@ class SegClipDataset(ClipDataset):
     the PNG when there is one and COCO otherwise."""
 
     def __init__(self, samples, crop: int, mask_dir: Path, classes: list[int], masks: str = "auto",
-                 coco: CocoMasks | None = None, **kwargs):
+                 coco: CocoMasks | None = None, label_map: dict[str, int] | None = None, **kwargs):
+        """``classes``: the mask values kept, in order (``masks.seg_class_ids``); ``label_map``: the
+        dataset's name -> value map (the values a mask may hold)."""
         super().__init__(samples, crop=crop, **kwargs)
         if masks not in ("auto", "semseg", "coco"):
             raise ValueError(f"masks={masks!r}")
         self.mask_dir = Path(mask_dir)
         self.classes = list(classes)
         self.masks = masks
+        self.label_map = dict(label_map or DEFAULT_LABEL_MAP)
         if masks != "semseg" and coco is None:
-            coco = CocoMasks.find(self.mask_dir.parent)
+            coco = CocoMasks.find(self.mask_dir.parent, self.label_map)
         self.coco = coco
 
     def mask_path(self, sample) -> Path:
@@ -72,7 +68,7 @@ class SegClipDataset(ClipDataset):
             return None
         hw = frame_size(sample.clip_paths[-1])
         if source == "semseg":
-            return read_semseg(self.mask_path(sample), expected_hw=hw)
+            return read_semseg(self.mask_path(sample), expected_hw=hw, values=list(self.label_map.values()))
         return self.coco.semantic(sample.video_id, sample.frame, expected_hw=hw)
 
     def __getitem__(self, i: int) -> dict | None:
@@ -81,7 +77,7 @@ class SegClipDataset(ClipDataset):
             return None
         raw = self.raw_mask(self.samples[i])
         if raw is not None:
-            item["mask"] = remap_classes(preprocess_mask(raw, self.crop), self.classes)
+            item["mask"] = remap_classes(preprocess_mask(raw, self.crop, self.view), self.classes)
             item["has_mask"] = True
         else:
             item["mask"] = torch.full((self.crop, self.crop), IGNORE, dtype=torch.long)

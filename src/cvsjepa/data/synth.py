@@ -2,9 +2,12 @@
 
 Nothing here is real surgical data. The generator draws laparoscopic-looking 854x480 frames (pink
 tissue with a low-frequency texture and a vignette, a liver band, fat, a gallbladder, a moving grey
-instrument, camera drift) and, inside the central region that the model's centre crop sees
-(x in ~[217, 637], y in ~[30, 450] for every crop size, see :mod:`cvsjepa.data.transforms`), three
-criterion-specific structures whose size and contrast grow as a latent dissection progresses:
+instrument, camera drift) and three criterion-specific structures whose size and contrast grow as a
+latent dissection progresses. Without framing (``outside_crop=False``) they lie inside the central
+region that the ``center`` view sees (x in ~[217, 637], y in ~[30, 450] for every crop size, see
+:mod:`cvsjepa.data.transforms`); with it (the default) each video frames the anatomy to the left,
+centre or right with a slow pan (:func:`_draw_framing`), so part of it often lies outside that crop
+but always inside the frame:
 
 * C1, hepatocystic triangle cleared: a dark cavity triangle at the gallbladder neck
   (seg class 2, calot_triangle), scaled out of the neck and darkened by its visibility ``v1``;
@@ -18,7 +21,8 @@ Labels come from what is drawn: each of 3 independent raters scores criterion c 
 probability ``p_c = sigmoid(K * (v_c - 0.5))`` (``K = 10``: raters disagree near the boundary);
 ``ds`` is the mean of the 3 votes, the binary label ``round(ds)`` the majority. The true posterior
 of that label is ``q = p^3 + 3 p^2 (1 - p)``; its AP against the realised labels is written to
-``oracle.json``: the best any model can score, up to sampling noise.
+``oracle.json``: the best any model that sees the whole frame can score, up to sampling noise
+(framing moves the structures, never their visibilities, and keeps them inside the frame).
 
 Layout written under ``out`` (see shared/reference/endoscapes2023.md)::
 
@@ -113,7 +117,11 @@ IGNORE = 255
 RATER_SLOPE = 10.0  # K in p = sigmoid(K (v - 0.5))
 JPEG_QUALITY = 90
 IGNORE_BAND_PX = 2
-GENERATOR_VERSION = 2  # 2: instance masks (COCO RLE) in the *_seg annotation files
+GENERATOR_VERSION = 3  # 2: instance masks (COCO RLE) in the *_seg annotation files; 3: framing (outside_crop)
+# Framing: the anatomy's horizontal offset per video. Criterion structures span x in ~[-175, 175]
+# around the centre (either flip), the drift adds <= 16 px, the frame's half-width is 427: an offset
+# up to 230 px keeps them whole inside the frame, while the centre crop ends at ~210 px.
+FRAMING_MAX_PX = 230
 
 # Internal paint ids (several shades per class); _CLASS_OF maps them to the seg class ids.
 _BG, _LIVER, _FAT, _PLATE, _GB, _GB_SHINE, _TRI, _DUCT, _ARTERY, _TOOL, _TOOL_SHINE = range(11)
@@ -159,6 +167,7 @@ class _Video:
     jaw: np.ndarray  # [T] jaw opening in [0, 1]
     vis: np.ndarray  # [T, 4] visibilities: triangle, plate, artery, duct
     votes: np.ndarray = field(default=None)  # [n_keyframes, 3 raters, 3 criteria] in {0, 1}
+    pan: np.ndarray = field(default=None)  # [T, 2] int framing offset of the anatomy in px (zeros: centred)
 
     @property
     def v(self) -> np.ndarray:
@@ -237,6 +246,21 @@ def render_frame(video: _Video, t: int, texture: "Texture") -> np.ndarray:
     return _compose(video, t, _paint(video, t), texture)
 
 
+def _draw_framing(rng: np.random.Generator, seconds: int, outside_crop: bool) -> np.ndarray:
+    """[T, 2] int offset of everything drawn (not the tissue texture), a step of the scene model of
+    its own (own random stream, so the other draws do not depend on it). Per video: a third centred
+    (|x| <= 30 px), a third to the left and a third to the right (140-230 px), plus a slow pan of
+    ~25 px and +-12 px vertically; clipped to ``FRAMING_MAX_PX``. Zeros without ``outside_crop``."""
+    if not outside_crop:
+        return np.zeros((seconds, 2), dtype=np.int64)
+    side = int(rng.integers(3)) - 1  # -1 left, 0 centre, +1 right
+    base = side * rng.uniform(140, 230) if side else rng.uniform(-30, 30)
+    x = base + 25 * _smooth_noise(rng, seconds, 20.0)
+    y = rng.uniform(-12, 12) + 4 * _smooth_noise(rng, seconds, 15.0)
+    pan = np.stack([np.clip(x, -FRAMING_MAX_PX, FRAMING_MAX_PX), np.clip(y, -14, 14)], axis=1)
+    return np.round(pan).astype(np.int64)
+
+
 def _draw_votes(rng: np.random.Generator, video: _Video) -> None:
     key_t = np.arange(0, video.seconds, KEYFRAME_EVERY_S)
     p = rater_probability(video.v[key_t])  # [K, 3]
@@ -287,7 +311,7 @@ class Texture:
 def _paint(video: _Video, t: int) -> np.ndarray:
     """Internal paint-id map [H, W] of second ``t``: the single geometry both image and mask come from."""
     lay = video.layout
-    dx, dy = video.drift[t]
+    dx, dy = video.drift[t] + (video.pan[t] if video.pan is not None else 0)
     sign = -1.0 if video.flip else 1.0
 
     def P(pts) -> list[tuple[float, float]]:
@@ -299,9 +323,11 @@ def _paint(video: _Video, t: int) -> np.ndarray:
     d = ImageDraw.Draw(im)
 
     # Liver across the top (background class), with a wavy lower edge.
-    xs = np.linspace(-_CX - 40, _CX + 40, 24)
+    framed = video.pan is not None and bool(video.pan.any())
+    reach = _CX + 40 + (FRAMING_MAX_PX if framed else 0)  # wide enough for any framing; unframed as before
+    xs = np.linspace(-reach, reach, 36 if framed else 24)
     edge = -150 + 14 * np.sin(xs / 70 + lay["liver_phase"]) + 0.06 * xs
-    d.polygon(P(np.concatenate([np.stack([xs, edge], 1), [[_CX + 40, -_CY - 40], [-_CX - 40, -_CY - 40]]])),
+    d.polygon(P(np.concatenate([np.stack([xs, edge], 1), [[xs[-1], -_CY - 40], [xs[0], -_CY - 40]]])),
               fill=_LIVER)
     # Fat (background class): orange-yellow distractors near the corners of the visible region.
     for fx, fy, fr in lay["fat"]:
@@ -492,7 +518,8 @@ def _check_target(out: Path, overwrite: bool) -> None:
 def write_synthetic_dataset(out: Path, *, seed: int = 0, videos: tuple[int, int, int] = (16, 6, 6),
                             min_seconds: int = 40, max_seconds: int = 90, seg_fraction: float = 0.3,
                             overwrite: bool = False, progress: bool = True,
-                            workers: int | None = None, seg_every_s: int = DET_EVERY_S) -> dict:
+                            workers: int | None = None, seg_every_s: int = DET_EVERY_S,
+                            outside_crop: bool = True) -> dict:
     """Write a synthetic Endoscapes2023-layout dataset to ``out`` and return a summary.
 
     ``videos``: number of videos in train/val/test (ids 1..n_train, then val, then test);
@@ -501,7 +528,8 @@ def write_synthetic_dataset(out: Path, *, seed: int = 0, videos: tuple[int, int,
     BBox frames (every 30 s), like Endoscapes-Seg50; ``seg_every_s=5`` masks every keyframe of those
     videos instead (more supervision, to watch a segmentation head learn). ``overwrite`` replaces a folder written earlier
     by this generator (one holding ``synth.json``); any other non-empty folder is refused.
-    ``workers``: rendering processes (default: up to 2).
+    ``workers``: rendering processes (default: up to 2). ``outside_crop``: frame each video's anatomy
+    left, centre or right (:func:`_draw_framing`), so the ``center`` view often misses part of it.
 
     The dataset is built in a hidden temporary folder next to ``out`` and renamed into place at the
     end, so an interrupted run never leaves a half dataset under ``out``.
@@ -540,6 +568,8 @@ def write_synthetic_dataset(out: Path, *, seed: int = 0, videos: tuple[int, int,
             rng = np.random.default_rng(np.random.SeedSequence([seed, vid]))
             video = _draw_video(rng, vid, split, vid in seg_vids[split], min_seconds, max_seconds)
             _draw_votes(rng, video)
+            video.pan = _draw_framing(np.random.default_rng(np.random.SeedSequence([seed, vid, 1])),
+                                      video.seconds, outside_crop)
             all_videos.append(video)
 
     # ---- render into a temporary sibling folder
@@ -554,7 +584,7 @@ def write_synthetic_dataset(out: Path, *, seed: int = 0, videos: tuple[int, int,
         boxes = _render_all(all_videos, tmp, progress, workers, seg_every_s)
         summary = _write_annotations(tmp, all_videos, split_vids, seg_vids, boxes, seed=seed, videos=videos,
                                      min_seconds=min_seconds, max_seconds=max_seconds, seg_fraction=seg_fraction,
-                                     seg_every_s=seg_every_s)
+                                     seg_every_s=seg_every_s, outside_crop=outside_crop)
         if out.exists():
             if any(out.iterdir()):
                 shutil.rmtree(out)  # checked above: overwrite=True and a synth dataset
@@ -637,7 +667,7 @@ def _coco(images: list[dict], annotations: list[dict]) -> str:
 
 def _write_annotations(tmp: Path, all_videos: list[_Video], split_vids: dict, seg_vids: dict, boxes: dict, *,
                        seed: int, videos: tuple, min_seconds: int, max_seconds: int, seg_fraction: float,
-                       seg_every_s: int = DET_EVERY_S) -> dict:
+                       seg_every_s: int = DET_EVERY_S, outside_crop: bool = True) -> dict:
     by_vid = {v.vid: v for v in all_videos}
     csv_rows: list[list[str]] = []
     truth_rows: list[list[str]] = []
@@ -731,7 +761,9 @@ def _write_annotations(tmp: Path, all_videos: list[_Video], split_vids: dict, se
     (tmp / ORACLE_FILE).write_text(json.dumps(oracle, indent=2) + "\n")
     params = {"generator": "cvsjepa synth", "generator_version": GENERATOR_VERSION, "synthetic": True,
               "seed": seed, "videos": list(videos), "min_seconds": min_seconds, "max_seconds": max_seconds,
-              "seg_fraction": seg_fraction, "seg_every_s": seg_every_s, "width": WIDTH, "height": HEIGHT, "source_fps": SOURCE_FPS,
+              "seg_fraction": seg_fraction, "seg_every_s": seg_every_s, "outside_crop": outside_crop,
+              "framing": "each video's anatomy left, centre or right of the centre crop (data.view=center misses "
+                         "part of it)" if outside_crop else "anatomy inside the centre crop", "width": WIDTH, "height": HEIGHT, "source_fps": SOURCE_FPS,
               "keyframe_every_s": KEYFRAME_EVERY_S, "det_every_s": DET_EVERY_S, "rater_slope": RATER_SLOPE,
               "jpeg_quality": JPEG_QUALITY, "ignore_band_px": IGNORE_BAND_PX,
               "split_vids": split_vids, "seg_vids": seg_vids,

@@ -53,15 +53,26 @@ def token_layout(backbone, num_frames: int) -> tuple[int, int, int, int]:
 
 
 def to_grid(att: torch.Tensor, layout: tuple[int, ...]) -> torch.Tensor:
-    """``[B, N]`` -> ``[B, T', H', W']``. ``layout`` is ``(T', H', W')`` or ``(levels, T', H', W')``
-    (tokens level-major); the levels' weights at one (t', h', w') are summed, so the grid still
-    sums to 1. Refuses a token count that does not match the layout."""
+    """``[B, N]`` -> ``[B, T', H', W']``. ``layout`` is ``(T', H', W')``, ``(levels, T', H', W')``
+    (tokens level-major) or ``(views, levels, T', H', W')`` (``data.view=three_crops``, view-major);
+    the levels' weights at one (t', h', w') are summed, so the grid still sums to 1, and views are
+    laid side by side along the width (``[B, T', H', views * W']``, as :func:`tile_views` lays the
+    frames). Refuses a token count that does not match the layout."""
     if att.shape[-1] != math.prod(layout):
         raise ValueError(f"{att.shape[-1]} tokens do not fill the token layout {tuple(layout)} "
                          f"({math.prod(layout)} tokens)")
     if len(layout) == 3:
         return att.reshape(att.shape[0], *layout)
-    return att.reshape(att.shape[0], *layout).sum(dim=1)
+    if len(layout) == 4:
+        return att.reshape(att.shape[0], *layout).sum(dim=1)
+    g = att.reshape(att.shape[0], *layout).sum(dim=2)  # [B, V, T', H', W']
+    return torch.cat(list(g.unbind(1)), dim=-1)
+
+
+def tile_views(video: torch.Tensor) -> torch.Tensor:
+    """A multi-view clip ``[V, T, 3, crop, crop]`` -> ``[T, 3, crop, V * crop]`` (views side by side);
+    a single-view clip is returned as is."""
+    return torch.cat(list(video.unbind(0)), dim=-1) if video.ndim == 5 else video
 
 
 @dataclass
@@ -125,7 +136,8 @@ def plot_attention_clip(path: Path, video: torch.Tensor, att_grid: torch.Tensor,
                         frame_numbers: list[int] | None = None, show: int = 4) -> Path:
     """Overlay a clip's pooler attention on its frames.
 
-    ``video [T, 3, crop, crop]`` (normalised), ``att_grid [T', H', W']`` (sums to 1). For each shown
+    ``video [T, 3, crop, crop]`` (normalised; a multi-view clip is tiled by :func:`tile_views`),
+    ``att_grid [T', H', W']`` (sums to 1; views side by side, :func:`to_grid`). For each shown
     temporal slot t' the last frame of its tubelet is drawn with the H'xW' map upsampled
     (bilinear) to the crop, in units of the uniform weight 1/N (1 = uniform). The colour scale
     runs from the clip's lowest to its highest weight (shared by all panels) and the colour bar
@@ -135,18 +147,19 @@ def plot_attention_clip(path: Path, video: torch.Tensor, att_grid: torch.Tensor,
     plt = pyplot()
     from matplotlib.ticker import FormatStrFormatter
 
+    video = tile_views(video)
     t_slots, h, w = att_grid.shape
     n = att_grid.numel()
-    crop = video.shape[-1]
     rel = att_grid.float() * n  # x uniform
-    up = F.interpolate(rel[:, None], size=(crop, crop), mode="bilinear", align_corners=False)[:, 0]
+    up = F.interpolate(rel[:, None], size=tuple(video.shape[-2:]), mode="bilinear", align_corners=False)[:, 0]
     vmin, vmax = float(rel.min()), float(rel.max())
     if vmax - vmin < 1e-9:
         vmin, vmax = vmin - 0.5, vmax + 0.5
     slots = temporal_slots(t_slots, show)
     k = len(slots)
-    fig = plt.figure(figsize=(2.8 * k + 4.6, 3.3))
-    gs = fig.add_gridspec(1, k + 3, width_ratios=[1] * k + [0.06, 0.35, 1.2], wspace=0.08)
+    aspect = video.shape[-1] / video.shape[-2]  # 3 for tiled three_crops
+    fig = plt.figure(figsize=(2.8 * aspect * k + 4.6, 3.3))
+    gs = fig.add_gridspec(1, k + 3, width_ratios=[aspect] * k + [0.06, 0.35, 1.2], wspace=0.08)
     im = None
     for j, t in enumerate(slots):
         ax = fig.add_subplot(gs[0, j])

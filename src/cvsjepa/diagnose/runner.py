@@ -30,6 +30,7 @@ from ..version import __version__
 from ..data.dataset import collate_skip_none
 from ..data.loaders import build_splits
 from ..data.masks import seg_class_names
+from ..data.transforms import view_count
 from ..errors import ConfigError
 from ..evaluate.inference import move_batch, predict_loader
 from ..evaluate.runner import json_safe, role_split
@@ -118,14 +119,18 @@ def diagnose_run(run_dir: str | Path, options: DiagnoseOptions = DiagnoseOptions
         splits = build_splits(cfg, model.backbone.crop_size, roles=tuple(dict.fromkeys(("val", split))))
         sd = splits[split]
         grid = token_layout(model.backbone, cfg.data.frames)  # (levels, T', H', W')
+        if view_count(cfg.data.view) > 1:  # three_crops: (views, levels, T', H', W'), shown side by side
+            grid = (view_count(cfg.data.view), *grid)
         bs = reopen.batch(cfg)
         data.update(backbone=model.backbone.name, checkpoint_epoch=meta.get("epoch"), token_layout=list(grid),
                     split_name=role_split(cfg, split), n_samples=len(sd.index.samples))
         md.append(f"Backbone `{model.backbone.name}`; best checkpoint of epoch {meta.get('epoch')}; split "
                   f"**{split}** (`{data['split_name']}`, {len(sd.index.samples)} keyframe clips of "
-                  f"{len(sd.index.video_frames)} videos); token layout (levels, T', H', W') = {tuple(grid)} "
+                  f"{len(sd.index.video_frames)} videos); token layout ({'views, ' if len(grid) == 5 else ''}"
+                  f"levels, T', H', W') = {tuple(grid)} "
                   f"= N = {math.prod(grid)} tokens, so a uniform attention weight is 1/N = {1 / math.prod(grid):.4g}"
-                  + (" (maps sum the levels' weights at each position)" if grid[0] > 1 else "") + ".\n")
+                  + (" (maps sum the levels' weights at each position)" if grid[-4] > 1 else "")
+                  + (" (the three crops side by side)" if len(grid) == 5 else "") + ".\n")
         if "attention" in todo:
             md += _attention(model, cfg, sd, split, grid, samples, sample_ids, seed, out, data)
         if "categories" in todo:

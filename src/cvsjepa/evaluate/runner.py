@@ -100,7 +100,8 @@ def predict_split(model, cfg: RunConfig, split: SplitData, tta: TTASettings, dev
     # a resized frame is ~2.5x a cropped one (854x480 frames); same RAM budget as training's cache
     cache = max(64, cfg.data.frame_cache_mb * 2**20 // int(3 * crop * crop * 4 * 2.5) // 2)
     return predict_tta(model, split.index, crop, cfg.data.stride, tta, device, batch_size, cfg.data.num_workers,
-                       cache, cfg.data.target, cfg.data.on_bad_sample, desc=desc, progress=progress)
+                       cache, cfg.data.target, cfg.data.on_bad_sample, desc=desc, progress=progress,
+                       view=cfg.data.view)
 
 
 def check_same_samples(reference: list[str], other: list[str], ref_run: Path, run: Path, role: str) -> None:

@@ -17,6 +17,11 @@ clip that would start before the video's first frame repeats that frame, as the 
 The prediction of a keyframe is the mean of the sigmoid probabilities over all views x offsets.
 With one view (or ``shift=0``) and offsets all 0 every view is the plain clip, so the average
 equals the prediction without TTA.
+
+Shifted spatial views move the ``center`` crop. A run trained with ``data.view=letterbox`` or
+``three_crops`` already sees the whole frame: it takes temporal offsets only (``views=1``), each
+clip preprocessed by ``data/transforms.py`` exactly as in training (three_crops: its 3 crops
+pooled by the model, as always).
 """
 
 from __future__ import annotations
@@ -31,10 +36,10 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from ..data.dataset import batch_video_ids, collate_skip_none
+from ..data.dataset import batch_video_ids, collate_skip_none, load_preprocessed, preprocess_pixels
 from ..data.endoscapes import Sample, SplitIndex, causal_clip
 from ..data.frames import read_frame
-from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD, crop_box
+from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD, crop_box, stack_clip
 from ..data.video_frames import FrameSource, VideoFrame
 from ..errors import ConfigError, DataError
 from .inference import Predictions, move_batch
@@ -135,11 +140,18 @@ class TTAClipDataset(Dataset):
     the order (offset, view). Each JPEG is decoded and resized once per process (LRU cache)."""
 
     def __init__(self, index: SplitIndex, crop: int, stride: int, tta: TTASettings, target: str = "hard",
-                 cache_frames: int = 256, on_bad_sample: str = "error"):
+                 cache_frames: int = 256, on_bad_sample: str = "error", view: str = "center"):
+        if view != "center" and tta.views > 1:
+            raise ConfigError(f"TTA spatial views shift the center crop; this run sees data.view={view} (the whole "
+                              f"frame): use 1 spatial view (temporal offsets still apply)")
         self.index, self.samples, self.crop, self.stride, self.tta = index, list(index.samples), crop, stride, tta
-        self.target, self.on_bad_sample = target, on_bad_sample
-        self.cache = FrameSource(functools.partial(resize_frame, crop=crop),
-                                 functools.partial(resize_pixels, crop=crop), cache_frames)
+        self.target, self.on_bad_sample, self.view = target, on_bad_sample, view
+        if view == "center":  # shifted windows of one resized frame
+            load, decoded = functools.partial(resize_frame, crop=crop), functools.partial(resize_pixels, crop=crop)
+        else:  # the training path, as is (one spatial view: the run's data.view)
+            load = functools.partial(load_preprocessed, crop=crop, view=view)
+            decoded = functools.partial(preprocess_pixels, crop=crop, view=view)
+        self.cache = FrameSource(load, decoded, cache_frames)
         self.known = dict(index.frame_refs or {})
         self.known.update({(s.video_id, f): p for s in self.samples for f, p in zip(s.clip_frames, s.clip_paths)})
         self.cache.need(self.known.values())
@@ -164,6 +176,9 @@ class TTAClipDataset(Dataset):
         clips = []
         for k in self.tta.offsets:
             paths = shifted_clip_paths(s, self.index, k, self.stride, self.known)
+            if self.view != "center":
+                clips.append(stack_clip([self.cache.get(p) for p in paths]))
+                continue
             resized = [self.cache.get(p) for p in paths]
             for direction in VIEW_DIRECTIONS[:self.tta.views]:
                 frames = []
@@ -177,9 +192,10 @@ class TTAClipDataset(Dataset):
 @torch.no_grad()
 def predict_tta(model, index: SplitIndex, crop: int, stride: int, tta: TTASettings, device: torch.device,
                 batch_size: int = 8, num_workers: int = 0, cache_frames: int = 256, target: str = "hard",
-                on_bad_sample: str = "error", desc: str = "tta", progress: bool = True) -> Predictions:
+                on_bad_sample: str = "error", desc: str = "tta", progress: bool = True,
+                view: str = "center") -> Predictions:
     """Mean probability over the TTA views of each keyframe; ``batch_size`` counts clips per forward."""
-    ds = TTAClipDataset(index, crop, stride, tta, target, cache_frames, on_bad_sample)
+    ds = TTAClipDataset(index, crop, stride, tta, target, cache_frames, on_bad_sample, view)
     clips_per_batch = max(1, batch_size // tta.n_views)
     loader = DataLoader(ds, batch_size=clips_per_batch, shuffle=False, num_workers=num_workers,
                         collate_fn=collate_skip_none)

@@ -148,7 +148,7 @@ def open_store(cfg: RunConfig, backbone=None, check_weights: bool = True) -> Fea
         store.check_key(store_key(cfg, backbone))
     else:
         requested = config_key(cfg)
-        check_key(store.root, {k: store.key.get(k) for k in requested}, requested)
+        check_key(store.root, {k: store.key[k] for k in requested if k in store.key}, requested)
     if not store.layout:
         raise FeatureStoreError(f"feature store {store.root} has no shard yet; run `cvsjepa extract` to fill it")
     return store

@@ -4,10 +4,14 @@
     open the store (create, or resume: key checked, temporaries removed, listed shards verified)
     for each shard still to do:
         for each chunk of features.batch_size clips:
-            frames: JPEG -> decode -> the views' crops (features/views.py), cached per frame path, so
-                    overlapping clips (16-s windows every 5 s) decode each JPEG once; clips of a video
-                    file (SAGES) decode that video's 1 fps frames once (data/video_frames.py)
-            backbone.extract([clips * views, T, 3, crop, crop]) -> tokens; optional 2x2 spatial pooling
+            frames: JPEG -> decode -> the views' crops (data.view=center: the center crop and the
+                    features.views shifted crops of features/views.py; else data/transforms.py's view),
+                    cached per frame path, so overlapping clips (16-s windows every 5 s) decode each JPEG
+                    once; clips of a video file (SAGES) decode that video's 1 fps frames once
+                    (data/video_frames.py)
+            backbone.extract([clips * views, T, 3, crop, crop]) -> tokens; optional 2x2 spatial pooling;
+                    data.view=three_crops: the 3 crops' tokens concatenated along the token axis, as the
+                    model does (one stored view of 3 N tokens; layout "spatial_views": 3)
         write the shard atomically with its checksum, then list it in the manifest
 
 Interrupting (Ctrl-C, kill -9, a full disk) loses at most the shard in progress; running the same
@@ -34,6 +38,7 @@ from ..backbones import build_backbone
 from ..config import RunConfig
 from ..data.endoscapes import Sample
 from ..data.index import load_indices, split_names
+from ..data.transforms import preprocess_frame, view_count
 from ..data.video_frames import FrameSource, VideoFrame, read_pixels
 from ..errors import ConfigError, DataError
 from ..rundir import with_saved_splits, write_split_file
@@ -135,8 +140,10 @@ class ClipViewChunks(Dataset):
     come from whole decoded videos (``cache_videos`` kept), so each video is decoded once."""
 
     def __init__(self, chunks: list[list[Sample]], crop: int, views: int, cache_frames: int, on_bad_sample: str,
-                 cache_videos: int = 2):
-        self.chunks, self.crop, self.views, self.on_bad_sample = chunks, crop, views, on_bad_sample
+                 cache_videos: int = 2, view: str = "center"):
+        self.chunks, self.crop, self.on_bad_sample, self.view = chunks, crop, on_bad_sample, view
+        # stacked views per clip: the shifted center crops, or the spatial views of data.view
+        self.views = views if view == "center" else view_count(view)
         self.cache = FrameSource(functools.partial(read_pixels, transform=self._views), self._views,
                                  cache_frames, cache_videos)
         self.cache.need(r for c in chunks for s in c for r in s.clip_paths)
@@ -148,7 +155,11 @@ class ClipViewChunks(Dataset):
     def _views(self, pixels: torch.Tensor) -> torch.Tensor:
         """uint8 ``[H, W, 3]`` -> the views' crops ``[V, 3, crop, crop]``."""
         t0 = time.perf_counter()
-        views = preprocess_views(pixels.unsqueeze(0), self.crop, self.views)[:, 0]
+        if self.view == "center":
+            views = preprocess_views(pixels.unsqueeze(0), self.crop, self.views)[:, 0]
+        else:
+            views = preprocess_frame(pixels, self.crop, self.view)
+            views = views if views.ndim == 4 else views[None]
         self._preprocess_s += time.perf_counter() - t0
         return views
 
@@ -284,7 +295,9 @@ def _run(cfg, backbone, device, writer: StoreWriter, indices, work, total, stats
     stats.frame_refs = sum(len(s.clip_paths) for c in chunks for s in c)
     cache = 2 * frames * cfg.data.stride  # > one clip's span: consecutive clips reuse their shared frames
     # clips come in (video, frame) order, so 2 decoded videos cover a chunk that straddles two
-    dataset = ClipViewChunks(chunks, backbone.crop_size, views, cache, cfg.data.on_bad_sample, cache_videos=2)
+    spatial = view_count(cfg.data.view)  # > 1: views whose tokens are concatenated into one stored view
+    dataset = ClipViewChunks(chunks, backbone.crop_size, views, cache, cfg.data.on_bad_sample, cache_videos=2,
+                             view=cfg.data.view)
     loader = DataLoader(dataset, batch_size=None, shuffle=False, num_workers=cfg.data.num_workers,
                         pin_memory=device.type == "cuda", persistent_workers=False)
     bar = tqdm(total=total, initial=stats.clips_before, unit="clip", desc="extract", disable=not progress,
@@ -305,9 +318,12 @@ def _run(cfg, backbone, device, writer: StoreWriter, indices, work, total, stats
                 embed_dim = tokens.shape[-1]
                 tokens = encoding.encode(tokens)  # [B V, N, D'] on the host (features/encoding.py)
             stats.forward_s += time.perf_counter() - t0
-            tokens = tokens.reshape(b, views, *tokens.shape[1:])
+            if spatial > 1:  # [B S, N, D'] -> [B, 1, S N, D'], view-major as CVSClassifier.tokens
+                tokens = tokens.reshape(b, 1, spatial * tokens.shape[1], tokens.shape[2])
+            tokens = tokens.reshape(b, views, *tokens.shape[-2:])
             if not layout_checked:  # a resumed store must get tokens of the layout it already holds
-                writer.set_layout(_layout(cfg, tokens, embed_dim, grid, pooled_grid, levels, writer.shard_clips))
+                writer.set_layout(_layout(cfg, tokens, embed_dim, grid, pooled_grid, levels, writer.shard_clips,
+                                          spatial))
                 layout_checked = True
             rows = writer.shard_rows(name, k)
             if out is None:
@@ -329,9 +345,12 @@ def _run(cfg, backbone, device, writer: StoreWriter, indices, work, total, stats
         bar.close()
 
 
-def _layout(cfg, tokens: np.ndarray, embed_dim: int, grid, pooled_grid, levels: int, shard_clips: int) -> dict:
+def _layout(cfg, tokens: np.ndarray, embed_dim: int, grid, pooled_grid, levels: int, shard_clips: int,
+            spatial: int = 1) -> dict:
     _, v, n, stored_dim = tokens.shape  # stored_dim: embed_dim (+ the scale's bytes of a scaled encoding)
-    return {"dtype": cfg.features.dtype, "views": v, "view_names": list(VIEW_NAMES[:v]), "tokens_per_clip": int(n),
+    names = list(VIEW_NAMES[:v]) if cfg.data.view == "center" else [cfg.data.view]
+    return {"dtype": cfg.features.dtype, "views": v, "view_names": names, "tokens_per_clip": int(n),
+            "data_view": cfg.data.view, "spatial_views": spatial,
             "embed_dim": int(embed_dim), "token_grid": list(pooled_grid), "levels": int(levels),
             "backbone_token_grid": list(grid), "pool": cfg.features.pool, "shard_clips": shard_clips,
             "bytes_per_clip": int(v * n * stored_dim * tokens.itemsize)}

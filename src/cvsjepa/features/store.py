@@ -65,7 +65,7 @@ BACKBONE_KEY_FIELDS = ("family", "preset", "embed_dim", "crop_size", "patch_size
 # key field -> what the user changes to change it (for the mismatch message)
 _KEY_HINTS = {
     "frames": "data.frames", "stride": "data.stride", "layers": "backbone.layers", "pool": "features.pool",
-    "dtype": "features.dtype", "views": "features.views",
+    "dtype": "features.dtype", "views": "features.views", "view": "data.view",
     "preprocessing_version": "cvsjepa's preprocessing version (the store predates a change to it)",
     "backbone.fingerprint": "backbone weights (backbone.path / backbone.preset)",
 }
@@ -94,7 +94,12 @@ def config_key(cfg) -> dict[str, Any]:
         "pool": cfg.features.pool,
         "dtype": cfg.features.dtype,
         "views": int(cfg.features.views),
+        "view": cfg.data.view,
     }
+
+
+# Key fields added after stores were first written, with the value an older store implies.
+_IMPLIED_BY_OLD_STORES = {"view": "center"}  # before data.view every store held center crops
 
 
 def store_key(cfg, backbone) -> dict[str, Any]:
@@ -136,7 +141,7 @@ def _describe_field(field: str) -> str:
 
 
 def check_key(root: Path, stored: dict, requested: dict) -> None:
-    diffs = key_differences(stored, requested)
+    diffs = key_differences({**_IMPLIED_BY_OLD_STORES, **stored}, requested)
     if not diffs:
         return
     field, old, new = diffs[0]

@@ -13,8 +13,10 @@ This is V-JEPA 2's frozen-evaluation ``AttentivePooler`` with the research log's
            any other Q       queries averaged, then MLP -> num_classes (keeps params independent of Q)
 MLP = Linear(D, mlp_hidden) -> GELU -> Dropout -> Linear(mlp_hidden, out); mlp_hidden == 0 -> one Linear.
 
-The tokens carry no positional information here (V-JEPA 2 uses RoPE inside the encoder only), so
-with depth 1 the logits do not depend on token order; the pooling is a learned weighted average.
+The tokens carry no positional information of their own (V-JEPA 2 uses RoPE inside the encoder
+only), so without ``positions`` and with depth 1 the logits do not depend on token order: the
+pooling is a learned weighted average. ``positions`` (``head.pos_embed=learned``, see
+``positions.py``) adds a learned position to every token first, so the head can learn where to look.
 
 **How the cross-attention is computed.** The queries are learned parameters, the same for every
 clip, so the key projection and ``norm_x``'s affine fold into one vector per (query, head): with
@@ -41,6 +43,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import ConfigError
+from .positions import AxisPositions, TokenLayout
 
 
 class Attention(nn.Module):
@@ -173,10 +176,12 @@ class AttentiveHead(nn.Module):
         pooler_mlp_ratio: MLP inside the cross-attention block; 0 = none (the Experiment 2 head).
         mlp_hidden: classifier hidden width; 0 = a single Linear (linear probe on the pooled query).
         dropout: in the classifier MLP, after GELU.
+        positions: the token layout to learn positions over (``AxisPositions``); None = no positions.
     """
 
     def __init__(self, embed_dim: int, num_classes: int = 3, num_heads: int = 8, num_queries: int = 1,
-                 depth: int = 1, pooler_mlp_ratio: float = 0.0, mlp_hidden: int = 512, dropout: float = 0.0):
+                 depth: int = 1, pooler_mlp_ratio: float = 0.0, mlp_hidden: int = 512, dropout: float = 0.0,
+                 positions: TokenLayout | None = None):
         super().__init__()
         _validate(embed_dim, num_classes, num_heads, num_queries, depth, pooler_mlp_ratio, mlp_hidden, dropout)
         self.embed_dim, self.num_classes, self.num_heads = embed_dim, num_classes, num_heads
@@ -190,6 +195,7 @@ class AttentiveHead(nn.Module):
         out = 1 if self.query_mode == "per_class" else num_classes
         self.classifier = MLP(embed_dim, mlp_hidden, out, dropout)
         self._init_weights()
+        self.pos = AxisPositions(positions, embed_dim) if positions is not None else None  # zeros at start
 
     def _init_weights(self) -> None:
         for m in self.modules():
@@ -216,6 +222,8 @@ class AttentiveHead(nn.Module):
         if tokens.ndim != 3 or tokens.shape[-1] != self.embed_dim:
             raise ValueError(f"AttentiveHead expects tokens [B, N, {self.embed_dim}], got {tuple(tokens.shape)}")
         x = tokens.to(self.query.dtype)  # the feature store keeps fp16; compute in the head's dtype
+        if self.pos is not None:
+            x = self.pos(x)
         for blk in self.blocks:
             x = blk(x)
         q, attn = self.pool(self.query[0], x, return_attention)

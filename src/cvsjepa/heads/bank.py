@@ -14,8 +14,9 @@ concatenated (``torch.cat`` is differentiable), so each head's gradient lands in
 ``nn.Parameter``s: the optimizer's per-head groups, clipping and early stopping work unchanged, and
 an inactive head (not in ``members``) is not computed and gets no gradient.
 
-Any other head (deeper attentive heads, whose self-attention blocks differ per head; the mean-pool
-probe) runs on its own over the tokens cast once.
+Any other head (deeper attentive heads, whose self-attention blocks differ per head; heads with
+learned positions, ``head.pos_embed``, whose tokens differ per head; the mean-pool probe) runs on
+its own over the tokens cast once.
 
 Numerics: head k's logits equal its own ``head(tokens)`` up to float rounding (the shared product
 sums in another blocking than a product of head k's columns alone; measured ~1e-7 relative).
@@ -30,7 +31,8 @@ from .attentive import AttentiveHead, attention_weights
 
 
 def _pools_on_tokens(head: nn.Module) -> bool:
-    return isinstance(head, AttentiveHead) and not head.blocks
+    # a head with positions of its own (head.pos_embed) normalises its own x + pos: not shared
+    return isinstance(head, AttentiveHead) and not head.blocks and head.pos is None
 
 
 class HeadBank(nn.Module):

@@ -2,8 +2,8 @@
 
 Clips are the ones training used (:func:`cvsjepa.data.endoscapes.causal_clip`): sample ``k`` and
 the ``frames - 1`` earlier samples, ``stride`` apart, the first sample standing in for positions
-before the start. Frames go through :func:`cvsjepa.data.transforms.preprocess_frames` one at a
-time as they are decoded; only the last ``(frames - 1) * stride + 1`` preprocessed frames are kept,
+before the start. Frames go through :func:`cvsjepa.data.transforms.preprocess_frame` (the run's
+``data.view``) one at a time as they are decoded; only the last ``(frames - 1) * stride + 1`` preprocessed frames are kept,
 and the heap is trimmed every few minutes of video (:func:`trim_heap`), so memory stays flat.
 
 Probabilities are calibrated when the run has a calibration (:mod:`cvsjepa.evaluate.temperature`).
@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 
 from ..criteria import CRITERIA
 from ..data.endoscapes import causal_clip
-from ..data.transforms import preprocess_frames
+from ..data.transforms import preprocess_frame, stack_clip
 from ..data.video import SampledFrame
 from ..evaluate.decision import STATES, DecisionRule, consecutive_samples, first_run_start
 from ..io import atomic_write_json, atomic_write_text
@@ -57,19 +57,20 @@ class ClipMeta:
     frame_index: int
 
 
-def iter_clips(samples: Iterable[SampledFrame], crop: int, frames: int, stride: int
+def iter_clips(samples: Iterable[SampledFrame], crop: int, frames: int, stride: int, view: str = "center"
                ) -> Iterator[tuple[ClipMeta, torch.Tensor]]:
-    """One causal clip float32 ``[frames, 3, crop, crop]`` per sample, in order, as the samples arrive.
+    """One causal clip float32 ``[frames, 3, crop, crop]`` (``three_crops``: ``[3, frames, 3, crop, crop]``)
+    per sample, in order, as the samples arrive.
 
     Keeps only a window of ``(frames - 1) * stride + 1`` preprocessed frames; the clip's positions
     come from :func:`causal_clip` over the positions seen so far (padding with sample 0 at the start).
     """
     window: deque[torch.Tensor] = deque(maxlen=(frames - 1) * stride + 1)
     for s in samples:
-        window.append(preprocess_frames(torch.from_numpy(s.image).unsqueeze(0), crop)[0])
+        window.append(preprocess_frame(torch.from_numpy(s.image), crop, view))
         first_in_window = s.index - len(window) + 1
         positions = causal_clip(range(s.index + 1), s.index, frames, stride)
-        yield ClipMeta(s.index, s.time_s, s.frame_index), torch.stack([window[q - first_in_window] for q in positions])
+        yield ClipMeta(s.index, s.time_s, s.frame_index), stack_clip([window[q - first_in_window] for q in positions])
 
 
 @dataclass
@@ -290,11 +291,11 @@ def build_timeline(reader, predict: Callable[[torch.Tensor], torch.Tensor], *, c
                    stride: int, thresholds: tuple[float, ...] | None = None, consecutive_s: float = 3.0,
                    batch_size: int = 8, progress: bool = False, model_info: dict | None = None,
                    criteria: tuple[str, ...] = CRITERIA, rule: DecisionRule | None = None,
-                   calibration=None) -> Timeline:
+                   calibration=None, view: str = "center") -> Timeline:
     """Read ``reader`` (:func:`cvsjepa.data.video.open_frames`) to the end, or to where it fails.
     ``predict`` gives the model's probabilities; ``calibration`` (a
     :class:`~cvsjepa.evaluate.temperature.Temperature`, or None) maps them to the ones shown;
-    ``rule`` (or plain ``thresholds``) decides the states."""
+    ``rule`` (or plain ``thresholds``) decides the states; ``view``: the run's ``data.view``."""
     if batch_size < 1:
         raise ValueError(f"batch size must be >= 1, got {batch_size}")
     info, report, fps = reader.info, reader.report, reader.fps
@@ -308,7 +309,7 @@ def build_timeline(reader, predict: Callable[[torch.Tensor], torch.Tensor], *, c
             trim_heap()
 
     try:
-        metas, probs = run_clips(iter_clips(reader, crop, frames, stride), predict, batch_size, advance)
+        metas, probs = run_clips(iter_clips(reader, crop, frames, stride, view), predict, batch_size, advance)
     finally:
         bar.close()
     for w in report.warnings:

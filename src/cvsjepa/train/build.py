@@ -19,7 +19,7 @@ from ..config import RunConfig
 from ..data.dataset import collate_skip_none
 from ..errors import ConfigError
 from ..heads import build_head
-from ..model import CVSClassifier, build_seg_head, count_params
+from ..model import CVSClassifier, build_seg_head, count_params, token_layout
 from ..rundir import LOG_FILE, RunDir, with_saved_splits, write_split_file
 from ..runtime import configure_threads, resolve_device, seed_everything
 from .sampling import balanced_weights
@@ -28,9 +28,13 @@ from .schedule import warmup_cosine
 log = logging.getLogger("cvsjepa")
 
 
+AUTO_MIN_STEPS_AFTER_WARMUP = 500  # train.min_steps=-1: no early stop (and no shorter budget) before warm-up + this
+
+
 @dataclass(frozen=True)
 class StagePlan:
-    """One stage of a run: stage 1 (``train.*``), then stage 2 (``stage2.*``, exp9) if enabled."""
+    """One stage of a run: stage 1 (``train.*``), then stage 2 (``stage2.*``, exp9) if enabled.
+    Budgets as configured (epochs or steps); :func:`stage_budget` turns them into optimizer steps."""
     stage: int
     epochs: int
     patience: int
@@ -39,13 +43,57 @@ class StagePlan:
     head_lr: float
     backbone_lr: float
     warmup_epochs: float
+    steps: int = 0  # > 0: the budget in optimizer steps (exact)
+    warmup_steps: int = -1  # >= 0: the warm-up in optimizer steps (else warmup_epochs)
+    min_steps: int = -1  # -1: AUTO_MIN_STEPS_AFTER_WARMUP after the warm-up
+    smoothing: int = 1  # epochs in the moving mean that early stopping watches
+
+
+@dataclass(frozen=True)
+class Budget:
+    """A stage's budget in optimizer steps, for a known number of steps per epoch (the one
+    conversion between epochs and steps; the loop, the LR schedule and the logs all read it)."""
+    steps_per_epoch: int
+    total_steps: int  # optimizer steps the stage runs (the LR schedule's length)
+    epochs: int  # epochs it takes; the last one is cut at total_steps
+    warmup_steps: int
+    min_steps: int  # no early stop before this many steps of the stage
+    extended: bool = False  # an epoch budget shorter than min_steps was extended to it
+
+    def describe(self, plan: StagePlan) -> str:
+        asked = f"{plan.steps} steps" if plan.steps > 0 else f"{plan.epochs} epochs"
+        out = (f"stage {plan.stage} budget: {asked} = {self.total_steps} optimizer steps ({self.steps_per_epoch} per "
+               f"epoch, {self.epochs} epochs), warm-up {self.warmup_steps} steps, no early stop before step "
+               f"{self.min_steps}")
+        if self.extended:
+            out += (f"; {plan.epochs} epochs would be {plan.epochs * self.steps_per_epoch} steps on this data, "
+                    f"extended to train.min_steps")
+        return out
+
+
+def stage_budget(plan: StagePlan, steps_per_epoch: int) -> Budget:
+    """Epochs or steps -> optimizer steps. ``steps > 0`` is exact; an epoch budget is extended to
+    ``min_steps`` when shorter (small datasets); ``min_steps`` never exceeds the budget."""
+    spe = max(1, steps_per_epoch)
+    warmup = plan.warmup_steps if plan.warmup_steps >= 0 else round(plan.warmup_epochs * spe)
+    min_steps = plan.min_steps if plan.min_steps >= 0 else warmup + AUTO_MIN_STEPS_AFTER_WARMUP
+    if plan.steps > 0:
+        total, extended = plan.steps, False
+    else:
+        total = plan.epochs * spe
+        extended = total < min_steps
+        total = max(total, min_steps)
+    return Budget(spe, total, math.ceil(total / spe), min(warmup, total), min(min_steps, total), extended)
 
 
 def stage_plans(cfg: RunConfig) -> list[StagePlan]:
     t, s2 = cfg.train, cfg.stage2
-    plans = [StagePlan(1, t.epochs, t.patience, t.batch_size, t.grad_accum, t.lr, cfg.adapt.lr, t.warmup_epochs)]
-    if s2.enabled:
-        plans.append(StagePlan(2, s2.epochs, s2.patience, s2.batch_size, s2.grad_accum, s2.lr, s2.backbone_lr, 0.0))
+    plans = [StagePlan(1, t.epochs, t.patience, t.batch_size, t.grad_accum, t.lr, cfg.adapt.lr, t.warmup_epochs,
+                       steps=t.steps, warmup_steps=t.warmup_steps, min_steps=t.min_steps,
+                       smoothing=t.patience_smoothing)]
+    if s2.enabled:  # stage 2 starts from stage 1's trained head: no step floor (exp9's 5 epochs stay 5)
+        plans.append(StagePlan(2, s2.epochs, s2.patience, s2.batch_size, s2.grad_accum, s2.lr, s2.backbone_lr, 0.0,
+                               warmup_steps=0, min_steps=0, smoothing=t.patience_smoothing))
     return plans
 
 
@@ -62,7 +110,7 @@ def build_model(cfg: RunConfig, device: torch.device | str = "cpu", allow_random
                           f"({backbone.tubelet_size})")
     fingerprint = backbone.weights_fingerprint()  # of the weights as loaded, before any adapter
     apply_adaptation(backbone, cfg.adapt)
-    head = build_head(cfg.head, backbone.embed_dim)
+    head = build_head(cfg.head, backbone.embed_dim, layout=token_layout(cfg, backbone))
     return CVSClassifier(backbone, head, base_fingerprint=fingerprint, seg_head=build_seg_head(cfg, backbone)).to(device)
 
 
@@ -116,11 +164,10 @@ def build_optimizer(model: CVSClassifier, cfg: RunConfig, head_lr: float | None 
     return torch.optim.AdamW(classifier_param_groups(model, cfg, head_lr, backbone_lr))
 
 
-def make_scheduler(optimizer: torch.optim.Optimizer, steps_per_epoch: int, plan: StagePlan,
-                   min_lr_ratio: float) -> torch.optim.lr_scheduler.LambdaLR:
-    """Linear warm-up over ``plan.warmup_epochs``, then cosine to ``min_lr_ratio``, stepped per optimizer step."""
-    total = steps_per_epoch * plan.epochs
-    warmup = round(plan.warmup_epochs * steps_per_epoch)
+def make_scheduler(optimizer: torch.optim.Optimizer, budget: Budget, min_lr_ratio: float) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up over ``budget.warmup_steps``, then cosine to ``min_lr_ratio`` at
+    ``budget.total_steps``, stepped per optimizer step."""
+    total, warmup = budget.total_steps, budget.warmup_steps
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_cosine(s, total, warmup, min_lr_ratio))
 
 

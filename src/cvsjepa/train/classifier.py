@@ -48,6 +48,7 @@ class ClassifierTrainee:
         self.cfg, self.model, self.run, self.device = cfg, model, run, device
         self.members = [Member(0, "", cfg.train.lr, cfg.train.weight_decay)]
         self.ddp = model
+        self._seg_warned = False  # val mIoU undefined: said once, not every epoch
 
     def begin_stage(self, plan: StagePlan) -> list[dict]:
         self.ddp = _wrap_ddp(self.model, self.cfg, self.device)
@@ -75,6 +76,9 @@ class ClassifierTrainee:
         if cm is not None:
             extra = {"val_miou": cm.miou(), "val_miou_constant": constant_prediction_miou(cm),
                      **{f"val_iou_{n}": v for n, v in zip(seg_class_names(self.cfg), cm.iou())}}
+            if cm.undefined_reason() and not self._seg_warned:
+                log.warning("%s: val mIoU is NaN: %s", desc, cm.undefined_reason())
+                self._seg_warned = True
         return [(preds, extra)]
 
     def on_improved(self, member: Member, epoch: int, stage: int, score: float) -> None:

@@ -49,7 +49,11 @@ def finish(fit: Fit, model: CVSClassifier, best: Member, t0: float, extra: dict 
                                 desc=role, progress=fit.progress, seg_confusion=cm)
         if cm is not None:
             summary[f"{role}_seg"] = {"miou": cm.miou(), "constant_miou": constant_prediction_miou(cm),
-                                      "iou": dict(zip(seg_class_names(cfg), cm.iou())), "pixels": cm.pixels}
+                                      "iou": dict(zip(seg_class_names(cfg), cm.iou())), "pixels": cm.pixels,
+                                      "present": dict(zip(seg_class_names(cfg), cm.present())),
+                                      "miou_undefined": cm.undefined_reason()}
+            if cm.undefined_reason():
+                log.warning("%s: mIoU is NaN (not a result): %s", role, cm.undefined_reason())
         ap = preds.ap(role)
         summary[f"{role}_map"], summary[f"{role}_ap"] = ap.map, list(ap.ap)
         summary[f"{role}_prevalence"] = prevalence(preds.labels)
@@ -61,6 +65,7 @@ def finish(fit: Fit, model: CVSClassifier, best: Member, t0: float, extra: dict 
     best_row = next((r for r in p.rows if r["epoch"] == p.best_epoch), None)
     summary["train_val_gap_at_best"] = (best_row["train_map"] - best_row["val_map"]) if best_row else None
     summary.update(extra or {})
+    summary["budget"] = {str(k): v for k, v in fit.budgets.items()}  # per stage, in optimizer steps
     summary["timing"] = {k: round(v, 3) for k, v in fit.timing.items()}
     summary["seconds"] = round(time.time() - t0, 1)
     if distributed.is_main():

@@ -5,10 +5,10 @@
                that member's batch) -> one backward of their sum; every grad_accum micro-batches:
                clip each member's gradient on its own, one optimizer step, one LR-schedule step
         validate: every active member scores val in one pass -> AP per criterion, mAP (nanmean)
-        each member: a metrics row; a new best val mAP -> the trainee keeps its weights; no better
-               for `patience` epochs -> that member stops
+        each member: a metrics row; a new best (raw) val mAP -> the trainee keeps its weights; no better
+               smoothed val mAP for `patience` epochs, and at least `min_steps` steps done -> it stops
         write the per-epoch tables and the resume state (one atomic unit, rundir.py)
-    until every member has stopped or the stage's epochs are done
+    until every member has stopped or the stage's budget (build.stage_budget, in optimizer steps) is spent
 
 What differs between a run and a sweep lives in its *trainee* (``classifier.py``, ``sweep.py``): how
 a batch becomes each member's logits, how val is scored, what a new best does, which table is
@@ -21,7 +21,7 @@ import logging
 import math
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Protocol
 
 import torch
@@ -34,7 +34,7 @@ from ..config import RunConfig
 from ..evaluate.inference import Predictions, move_batch
 from ..evaluate.metrics import cvs_average_precision
 from ..rundir import RunDir
-from .build import StagePlan, make_scheduler, train_loader
+from .build import StagePlan, make_scheduler, split_labels, stage_budget, train_loader
 from .losses import build_loss
 from .members import Member, NonFiniteGuard
 from .mixing import mix_batch
@@ -81,6 +81,11 @@ class Fit:
     progress: bool
     epoch: int = 0  # epochs done, over all stages
     timing: dict = field(default_factory=lambda: {"read_s": 0.0, "compute_s": 0.0})
+    budgets: dict = field(default_factory=dict)  # stage -> its Budget and the optimizer steps it ran (summary.json)
+
+
+# A criterion with fewer val positives than this makes val mAP (and early stopping on it) noisy.
+FEW_VAL_POSITIVES = 20
 
 
 def fit_stage(fit: Fit, plan: StagePlan, trainee: Trainee, resume: dict | None = None) -> None:
@@ -88,9 +93,12 @@ def fit_stage(fit: Fit, plan: StagePlan, trainee: Trainee, resume: dict | None =
     cfg, device = fit.cfg, fit.device
     mix_gen = torch.Generator().manual_seed(cfg.seed + 7 + 1000 * distributed.world()[0])
     loader, sampler, steps_per_epoch = train_loader(cfg, fit.splits["train"], plan)
+    budget = stage_budget(plan, steps_per_epoch)
+    log.info(budget.describe(plan))
+    warn_few_positives(fit.splits["val"], tuple(cfg.data.criteria))
     loss_fn = build_loss(cfg.loss).to(device)
     optimizer = torch.optim.AdamW(trainee.begin_stage(plan))
-    scheduler = make_scheduler(optimizer, steps_per_epoch, plan, cfg.train.min_lr_ratio)
+    scheduler = make_scheduler(optimizer, budget, cfg.train.min_lr_ratio)
     done = 0
     if resume:  # continue exactly where the interrupted process stopped
         optimizer.load_state_dict(resume["optimizer"])
@@ -100,16 +108,18 @@ def fit_stage(fit: Fit, plan: StagePlan, trainee: Trainee, resume: dict | None =
         torch.set_rng_state(resume["torch_rng"])
         done = resume["stage_epochs_done"]
     else:
-        for m in trainee.members:  # stage 2 starts every member afresh (exp9)
-            m.active, m.progress.bad_epochs = True, 0
+        for m in trainee.members:  # stage 2 starts every member's early stopping afresh (exp9)
+            m.active = True
+            m.progress.start_stage()
     guard = NonFiniteGuard(cfg.train.on_nonfinite, fit.run.best_dir)
-    for stage_epoch in range(done + 1, plan.epochs + 1):
+    for stage_epoch in range(done + 1, budget.epochs + 1):
         fit.epoch += 1
         epoch, te = fit.epoch, time.time()
         lrs = _group_lrs(optimizer)
         sampler.set_epoch(epoch)
         trained = train_epoch(fit, trainee, loader, loss_fn, optimizer, scheduler, plan.grad_accum, epoch,
-                              mix_gen, guard)
+                              mix_gen, guard, budget.total_steps)
+        steps_done = scheduler.last_epoch  # optimizer steps of this stage (restored on resume)
         t = time.perf_counter()
         scored = trainee.score(fit.splits["val"], plan.batch_size, loss_fn, "val")
         fit.timing["compute_s"] += time.perf_counter() - t
@@ -125,15 +135,18 @@ def fit_stage(fit: Fit, plan: StagePlan, trainee: Trainee, resume: dict | None =
                 "val_loss": val.loss, "val_map": ap.map, "seconds": time.time() - te, **lrs[m.index],
                 **{f"val_ap_{c}": a for c, a in zip(CRITERIA, ap.ap)}, **extra})
             score = ap.map if not math.isnan(ap.map) else -math.inf
-            if m.progress.update(score, epoch, plan.stage):
+            if m.progress.update(score, epoch, plan.stage, plan.smoothing):
                 trainee.on_improved(m, epoch, plan.stage, score)
-            elif plan.patience and m.progress.bad_epochs >= plan.patience:
+            elif m.progress.should_stop(plan.patience, steps_done, budget.min_steps):
                 m.active = False
-                log.info("early stop%s (stage %d): val mAP has not improved for %d epochs (best %.4f at epoch %s)",
-                         f" of {m.label}" if m.label else "", plan.stage, m.progress.bad_epochs,
-                         m.progress.best_map, m.progress.best_epoch)
+                log.info("early stop%s (stage %d, step %d): the val mAP%s has not improved for %d epochs "
+                         "(best %.4f at epoch %s)", f" of {m.label}" if m.label else "", plan.stage, steps_done,
+                         f" (mean of {plan.smoothing} epochs)" if plan.smoothing > 1 else "",
+                         m.progress.bad_epochs, m.progress.best_map, m.progress.best_epoch)
         trainee.end_epoch(epoch, plan)
-        stage_done = stage_epoch == plan.epochs or not any(m.active for m in trainee.members)
+        fit.budgets[plan.stage] = {**asdict(budget), "steps_run": steps_done}
+        stage_done = (stage_epoch == budget.epochs or steps_done >= budget.total_steps
+                      or not any(m.active for m in trainee.members))
         if distributed.is_main():
             fit.run.save_resume(epoch, {
                 "stage": plan.stage, "stage_epochs_done": stage_epoch, "stage_done": stage_done,
@@ -148,9 +161,11 @@ def fit_stage(fit: Fit, plan: StagePlan, trainee: Trainee, resume: dict | None =
 
 
 def train_epoch(fit: Fit, trainee: Trainee, loader, loss_fn, optimizer, scheduler, grad_accum: int, epoch: int,
-                mix_gen: torch.Generator, guard: NonFiniteGuard) -> dict[int, tuple[float, float]]:
-    """One pass over the training batches. Returns ``{member index: (mean train loss, train mAP over
-    the epoch's own predictions)}`` for the active members (over all processes under DDP)."""
+                mix_gen: torch.Generator, guard: NonFiniteGuard, step_limit: int | None = None
+                ) -> dict[int, tuple[float, float]]:
+    """One pass over the training batches, cut short once the stage has taken ``step_limit`` optimizer
+    steps (``scheduler.last_epoch``). Returns ``{member index: (mean train loss, train mAP over the
+    epoch's own predictions)}`` for the active members (over all processes under DDP)."""
     cfg, device = fit.cfg, fit.device
     trainee.train_mode()
     active = [m for m in trainee.members if m.active]
@@ -195,6 +210,8 @@ def train_epoch(fit: Fit, trainee: Trainee, loader, loss_fn, optimizer, schedule
         if fit.progress:
             m0 = active[0].index
             bar.set_postfix(loss=f"{loss_sum[m0] / max(1, seen[m0]):.4f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}")
+        if step_limit is not None and micro % grad_accum == 0 and scheduler.last_epoch >= step_limit:
+            break  # the stage's step budget is spent (train.steps, or the last epoch of an extended budget)
     bar.close()
     if micro % grad_accum != 0:  # a partial accumulation at the end of the epoch still counts
         optimizer_step(trainee, active, optimizer, scheduler, cfg.train.grad_clip)
@@ -211,6 +228,16 @@ def train_epoch(fit: Fit, trainee: Trainee, loader, loss_fn, optimizer, schedule
                                               where="train").map
         out[m.index] = (mean_loss if seen[m.index] else math.nan, train_map)
     return out
+
+
+def warn_few_positives(split, names: tuple[str, ...]) -> None:
+    """A logged warning per criterion with fewer than FEW_VAL_POSITIVES positives in val."""
+    counts = split_labels(split).sum(0).tolist()
+    few = [f"{n}: {int(c)}" for n, c in zip(names, counts) if c < FEW_VAL_POSITIVES]
+    if few:
+        log.warning("val has fewer than %d positives for %s (of %d keyframes): its AP, the val mAP that picks the "
+                    "checkpoint and early stopping are noisy; prefer a larger val split, train.patience_smoothing "
+                    "> 1 and a train.min_steps floor", FEW_VAL_POSITIVES, ", ".join(few), len(split.index.samples))
 
 
 def optimizer_step(trainee: Trainee, active: list[Member], optimizer, scheduler, grad_clip: float) -> None:

@@ -26,22 +26,47 @@ log = logging.getLogger("cvsjepa")
 
 @dataclass
 class Progress:
-    """One member's history and early-stopping state, carried from epoch to epoch and stage to stage."""
+    """One member's history and early-stopping state, carried from epoch to epoch and stage to stage.
+
+    Two scores per epoch, for two decisions:
+
+    * the **best checkpoint** is the epoch with the best *raw* val mAP: a checkpoint holds one epoch's
+      weights, and the raw mAP is that epoch's own score (a smoothed value mixes in other epochs' weights);
+    * **early stopping** watches the *smoothed* val mAP, the mean of the stage's last ``smoothing``
+      raw values (fewer at the start of a stage): ``bad_epochs`` counts the epochs since it last set a
+      record, so one lucky or unlucky epoch on a small val split neither resets nor triggers it.
+    """
     rows: list[dict] = field(default_factory=list)  # metrics.csv rows
     best_map: float = -math.inf
     best_epoch: int | None = None
     best_stage: int | None = None
     bad_epochs: int = 0
     stage_best: dict[int, float] = field(default_factory=dict)
+    recent: list[float] = field(default_factory=list)  # the stage's last raw scores (the smoothing window)
+    best_smoothed: float = -math.inf  # the stage's best smoothed score
 
-    def update(self, score: float, epoch: int, stage: int) -> bool:
-        """Record an epoch's val mAP (``-inf`` when undefined); True when it is a new best."""
+    def start_stage(self) -> None:
+        """A new stage starts its early stopping afresh (the best checkpoint carries over)."""
+        self.bad_epochs, self.recent, self.best_smoothed = 0, [], -math.inf
+
+    def update(self, score: float, epoch: int, stage: int, smoothing: int = 1) -> bool:
+        """Record an epoch's val mAP (``-inf`` when undefined); True when it is a new best (raw)."""
         self.stage_best[stage] = max(self.stage_best.get(stage, -math.inf), score)
+        self.recent = (self.recent + [score])[-max(1, smoothing):]
+        smoothed = sum(self.recent) / len(self.recent)  # -inf if any is undefined: never a record
+        if smoothed > self.best_smoothed:
+            self.best_smoothed, self.bad_epochs = smoothed, 0
+        else:
+            self.bad_epochs += 1
         if score > self.best_map:
-            self.best_map, self.best_epoch, self.best_stage, self.bad_epochs = score, epoch, stage, 0
+            self.best_map, self.best_epoch, self.best_stage = score, epoch, stage
             return True
-        self.bad_epochs += 1
         return False
+
+    def should_stop(self, patience: int, steps_done: int, min_steps: int) -> bool:
+        """Early stopping: ``patience`` epochs without a better smoothed val mAP, and never before
+        ``min_steps`` optimizer steps of the stage (0 patience = never)."""
+        return patience > 0 and self.bad_epochs >= patience and steps_done >= min_steps
 
 
 @dataclass

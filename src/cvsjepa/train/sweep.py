@@ -32,7 +32,7 @@ from ..checkpoint import save_classifier
 from ..config import RunConfig
 from ..errors import ConfigError
 from ..evaluate.inference import predict_many
-from ..heads import build_head
+from ..heads import TokenLayout, build_head
 from ..heads.bank import HeadBank
 from ..model import CVSClassifier
 from ..rundir import SWEEP_FILE, RunDir, write_csv
@@ -57,13 +57,18 @@ def sweep_grid(cfg: RunConfig) -> list[tuple[float, float]]:
     return [(float(lr), float(wd)) for lr in cfg.sweep.lrs for wd in cfg.sweep.weight_decays]
 
 
-def build_sweep_heads(cfg: RunConfig, embed_dim: int, device) -> list[nn.Module]:
+def build_sweep_heads(cfg: RunConfig, embed_dim: int, device, layout: TokenLayout | None = None) -> list[nn.Module]:
     heads = []
     for _ in sweep_grid(cfg):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.seed)  # the init a separate run with this seed would get
-            heads.append(build_head(cfg.head, embed_dim).to(device))
+            heads.append(build_head(cfg.head, embed_dim, layout=layout).to(device))
     return heads
+
+
+def store_token_layout(layout: dict) -> TokenLayout:
+    """The head's token layout from a feature store's ``layout`` (what `extract` wrote)."""
+    return TokenLayout.of(layout.get("spatial_views", 1), layout.get("levels", 1), layout["token_grid"])
 
 
 class HeadBankTrainee:
@@ -169,7 +174,8 @@ def sweep(cfg: RunConfig, progress: bool = True) -> RunResult:
                  "directory %s", len(grid), cfg.sweep.lrs, cfg.sweep.weight_decays, cfg.features.store,
                  layout["tokens_per_clip"], layout["embed_dim"], layout["dtype"], run)
         fit = Fit(cfg, run, device, splits, progress)
-        trainee = HeadBankTrainee(cfg, build_sweep_heads(cfg, int(layout["embed_dim"]), device), run, device)
+        heads = build_sweep_heads(cfg, int(layout["embed_dim"]), device, store_token_layout(layout))
+        trainee = HeadBankTrainee(cfg, heads, run, device)
         if resume:
             trainee.restore(resume)
             fit.epoch = resume["epoch"]
