@@ -10,12 +10,14 @@ import torch
 from PIL import Image
 
 from cvsjepa.cli import main
-from cvsjepa.data.masks import read_label_map, read_semseg
+from cvsjepa.config import load_config
+from cvsjepa.data.masks import (CocoMasks, dataset_label_map, read_label_map, read_semseg, seg_class_ids,
+                                seg_class_names)
 from cvsjepa.data.seg_dataset import preprocess_mask, remap_classes
 from cvsjepa.data.transforms import crop_box, preprocess_frames
 from cvsjepa.errors import DataError
-from cvsjepa.evaluate.segmentation import ConfusionMatrix, constant_prediction_miou
-from cvsjepa.heads.segmentation import SegDecoder, masked_seg_loss
+from cvsjepa.evaluate.segmentation import ConfusionMatrix, constant_prediction_miou, seg_report
+from cvsjepa.heads.segmentation import SEG_DECODERS, FineSegDecoder, SegDecoder, masked_seg_loss
 
 
 def test_mask_follows_the_frame_geometry():
@@ -132,3 +134,88 @@ def test_diagnose_seg_writes_the_grid(synth_root, tmp_path, capsys):
     capsys.readouterr()
     assert main(["diagnose", str(plain), "seg"]) == 2
     assert "segmentation decoder" in capsys.readouterr().err
+
+
+def test_the_label_map_is_honoured_when_its_ids_differ_from_the_defaults(tmp_path):
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from fixtures_endoscapes import build_dataset
+
+    from cvsjepa.data.endoscapes import load_split
+    from cvsjepa.data.seg_dataset import SegClipDataset
+
+    root = build_dataset(tmp_path / "endoscapes")
+    (root / "seg_label_map.txt").write_text("background 0\nCystic Plate: 7\ncalot_triangle = 3\ncystic_duct 1\n"
+                                            "cystic_artery 2\ngallbladder 4\ntool 5\n")
+    label_map = dataset_label_map(root)
+    assert label_map["cystic_plate"] == 7 and label_map["cystic_duct"] == 1
+    by_name = load_config(None, ["seg.classes=[background, cystic_plate, cystic_duct]"])
+    by_default_id = load_config(None, ["seg.classes=[0, 1, 4]"])  # ids of the Endoscapes map = the same names
+    assert seg_class_names(by_name) == seg_class_names(by_default_id) == ["background", "cystic_plate", "cystic_duct"]
+    assert seg_class_ids(by_name, label_map) == seg_class_ids(by_default_id, label_map) == [0, 7, 1]
+    sample = load_split(root, "train", frames=2, stride=1).samples[0]
+    mask = np.zeros((24, 32, 3), np.uint8)
+    mask[:, :8], mask[:, 8:16], mask[:, 16:24] = 7, 1, 3  # plate, duct, calot triangle (not kept)
+    (root / "semseg").mkdir()
+    Image.fromarray(mask).save(root / "semseg" / f"{sample.video_id}_{sample.frame}.png")
+    ds = SegClipDataset([sample], crop=24, mask_dir=root / "semseg", classes=seg_class_ids(by_name, label_map),
+                        masks="semseg", label_map=label_map, view="letterbox")
+    m = ds[0]["mask"]
+    rows = m[m[:, 0] != 255]  # letterbox: padding rows are ignore
+    assert set(rows[:, :5].unique().tolist()) == {1} and set(rows[:, 7:11].unique().tolist()) == {2}
+    assert set(rows[:, 13:17].unique().tolist()) == {0} and (m == 255).any()
+    # COCO instance masks: categories are matched by name to the map's values
+    coco = {"images": [{"id": 1, "file_name": "1_0.jpg", "height": 4, "width": 4, "video_id": 1}],
+            "categories": [{"id": 1, "name": "cystic_plate"}, {"id": 4, "name": "cystic_duct"}],
+            "annotations": [{"id": 9, "image_id": 1, "category_id": 1, "bbox": [0, 0, 2, 4],
+                             "segmentation": [[0, 0, 2, 0, 2, 4, 0, 4]]}]}
+    (root / "train_seg").mkdir()
+    (root / "train_seg" / "annotation_coco.json").write_text(json.dumps(coco))
+    painted = CocoMasks.find(root, label_map).semantic(1, 0)
+    assert set(np.unique(painted).tolist()) == {0, 7}
+
+
+def test_an_unknown_class_name_in_the_label_map_names_the_file(tmp_path):
+    (tmp_path / "seg_label_map.txt").write_text("background 0\nliver_bed 1\n")
+    with pytest.raises(DataError, match=r"seg_label_map.txt: unknown class name 'liver_bed'"):
+        dataset_label_map(tmp_path)
+    (tmp_path / "seg_label_map.txt").write_text("background 0\ncystic_plate 1\n")
+    with pytest.raises(DataError, match="seg.classes asks for 'tool'"):
+        seg_class_ids(load_config(None, ["seg.classes=[0, tool]"]), dataset_label_map(tmp_path))
+
+
+def test_a_background_only_split_gives_nan_miou_with_a_warning(caplog):
+    import logging
+
+    cm = ConfusionMatrix(3)
+    only_bg = torch.zeros(2, 8, 8, dtype=torch.long)
+    cm.update(only_bg, only_bg)  # a perfect "background everywhere" prediction
+    assert np.isnan(cm.miou()) and np.isnan(constant_prediction_miou(cm))  # not 1.0
+    log = logging.getLogger("cvsjepa")
+    log.addHandler(caplog.handler)  # the CLI stops propagation to the root logger
+    try:
+        with caplog.at_level(logging.WARNING, logger="cvsjepa"):
+            report = seg_report(cm, ["background", "cystic_plate", "cystic_duct"], "test")
+    finally:
+        log.removeHandler(caplog.handler)
+    assert np.isnan(report["miou"]) and "only background" in report["miou_undefined"]
+    assert "test: segmentation mIoU is NaN" in caplog.text and "only background" in caplog.text
+    # a class absent from the ground truth has no IoU and is left out of the mean
+    cm2 = ConfusionMatrix(3)
+    cm2.update(torch.tensor([[0, 2], [1, 1]]), torch.tensor([[0, 0], [1, 1]]))
+    assert np.isnan(cm2.iou()[2]) and cm2.miou() == pytest.approx((0.5 + 1.0) / 2)
+
+
+def test_the_fine_decoder_draws_below_the_token_grid():
+    assert set(SEG_DECODERS) == {"coarse", "fine"}
+    dec = FineSegDecoder(embed_dim=8, num_classes=3, grid=(2, 2, 2), out_size=16, dim=16, levels=2)
+    tokens = torch.randn(2, 16, 8, requires_grad=True)  # 2 levels x 2 x 2 x 2
+    out = dec(tokens)
+    assert out.shape == (2, 3, 16, 16)
+    out.sum().backward()
+    assert tokens.grad[:, :4].abs().sum() == 0 and tokens.grad[:, 4:8].abs().sum() > 0  # keyframe step only
+    assert tokens.grad[:, 8:12].abs().sum() == 0 and tokens.grad[:, 12:].abs().sum() > 0  # of every level
+    # each token decodes its own 8x8 patch: logits vary inside a patch (the coarse decoder is smooth there)
+    assert out[0, 0, :8, :8].std() > 0

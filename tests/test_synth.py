@@ -201,17 +201,48 @@ def test_masks_match_images(ds):
     assert np.mean(accs) > 0.8, accs
 
 
-def test_label_relevant_structures_in_model_view(ds):
-    root, _ = ds
+def _centre_box(crop: int) -> tuple[float, float, float, float]:
+    """The ``center`` view's window in frame pixels: (x0, x1, y0, y1)."""
+    new_h, new_w, top, left, _, _ = crop_box(480, 854, crop)
+    return left * 854 / new_w, (left + crop) * 854 / new_w, top * 480 / new_h, (top + crop) * 480 / new_h
+
+
+def test_centred_framing_keeps_the_criteria_inside_the_centre_crop(tmp_path):
+    root = tmp_path / "centred"
+    S.write_synthetic_dataset(root, seed=3, videos=(2, 1, 1), min_seconds=25, max_seconds=30, seg_fraction=1.0,
+                              progress=False, outside_crop=False)
+    assert json.loads((root / "synth.json").read_text())["outside_crop"] is False
     for crop in (64, 256, 384):
-        new_h, new_w, top, left, _, _ = crop_box(480, 854, crop)
-        x0, x1 = left * 854 / new_w, (left + crop) * 854 / new_w
-        y0, y1 = top * 480 / new_h, (top + crop) * 480 / new_h
+        x0, x1, y0, y1 = _centre_box(crop)
         for png in (root / "semseg").glob("*.png"):
             m = np.asarray(Image.open(png))[..., 0]
             ys, xs = np.nonzero((m >= 1) & (m <= 4))
             if len(xs):
                 assert xs.min() >= x0 - 1 and xs.max() <= x1 + 1 and ys.min() >= y0 - 1 and ys.max() <= y1 + 1
+
+
+def test_framing_puts_anatomy_outside_the_centre_crop_but_inside_the_frame(ds):
+    """The default framing: the centre crop misses part of the criteria's pixels (check-data measures
+    it per class), letterbox keeps all; no criterion structure is cut by the frame's own edge, so the
+    oracle (computed from what is drawn) stays the best a whole-frame model can do."""
+    from cvsjepa.data.check import check_dataset
+
+    root, _ = ds
+    x0, x1, _, _ = _centre_box(256)
+    outside = []
+    for png in (root / "semseg").glob("*.png"):
+        m = np.asarray(Image.open(png))[..., 0]
+        crit = (m >= 1) & (m <= 4)
+        assert not crit[:, :3].any() and not crit[:, -3:].any(), png.name  # whole inside the frame
+        xs = np.nonzero(crit)[1]
+        outside.append(((xs < x0) | (xs > x1)).mean() if len(xs) else 0.0)
+    assert max(outside) > 0.3, outside  # some frames show most of a structure outside the crop
+    centre = {r["class"]: r["kept_by_center"] for r in
+              check_dataset(root, decode=False, progress=False, view="center", crop=256).coverage_rows()}
+    whole = {r["class"]: r["kept_by_letterbox"] for r in
+             check_dataset(root, decode=False, progress=False, view="letterbox", crop=256).coverage_rows()}
+    assert min(centre[c] for c in ("cystic_plate", "calot_triangle", "cystic_artery", "cystic_duct")) < 0.9, centre
+    assert all(v == 1.0 for v in whole.values()) and set(whole) == set(centre)
 
 
 def test_labels_follow_drawn_visibility(ds):
@@ -236,14 +267,17 @@ def _colour_histograms(root: Path, rows: list[dict]) -> np.ndarray:
     feats = []
     for r in rows:
         with Image.open(root / r["split"] / f'{r["vid"]}_{r["frame"]}.jpg') as im:
-            a = np.asarray(im.reduce(4))[8:112, 55:159]  # the central, model-visible region
-        q = (a // 64).reshape(-1, 3).astype(np.int64)
-        feats.append(np.sqrt(np.bincount(q[:, 0] * 16 + q[:, 1] * 4 + q[:, 2], minlength=64) / len(q)))
+            a = np.asarray(im.reduce(4))  # the whole frame: the framing moves the anatomy around it
+        parts = []
+        for third in np.array_split(a, 3, axis=1):  # left, centre, right: where the anatomy was framed
+            q = (third // 64).reshape(-1, 3).astype(np.int64)
+            parts.append(np.sqrt(np.bincount(q[:, 0] * 16 + q[:, 1] * 4 + q[:, 2], minlength=64) / len(q)))
+        feats.append(np.concatenate(parts))
     return np.array(feats)
 
 
 def test_labels_depend_on_pixels(ds):
-    """Held-out videos: a ridge regression on colour histograms of the central region predicts the drawn
+    """Held-out videos: a ridge regression on colour histograms of the frame predicts the drawn
     visibility, and its scores rank the keyframes' majority labels far better than prevalence."""
     from sklearn.linear_model import Ridge
     from sklearn.metrics import average_precision_score

@@ -22,9 +22,12 @@ one that does not), a number that looks like a result and says nothing about the
 
 from __future__ import annotations
 
+import logging
 import math
 
 import torch
+
+log = logging.getLogger("cvsjepa")
 
 
 class ConfusionMatrix:
@@ -79,3 +82,13 @@ def constant_prediction_miou(cm: ConfusionMatrix) -> float:
     c = int(gt.argmax())
     const.m[:, c] = gt
     return const.miou()
+
+
+def seg_report(cm: ConfusionMatrix, names: list[str], role: str) -> dict:
+    """The summary.json entry of a split's segmentation (mIoU, its floor, per-class IoU, which classes
+    the ground truth holds), with a logged warning naming the reason when mIoU is undefined."""
+    reason = cm.undefined_reason()
+    if reason:
+        log.warning("%s: segmentation mIoU is NaN (not a result): %s", role, reason)
+    return {"miou": cm.miou(), "constant_miou": constant_prediction_miou(cm), "iou": dict(zip(names, cm.iou())),
+            "pixels": cm.pixels, "present": dict(zip(names, cm.present())), "miou_undefined": reason}

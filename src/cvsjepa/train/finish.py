@@ -12,7 +12,7 @@ from ..data.masks import seg_class_names
 from ..data.oracle import read_oracle
 from ..evaluate.inference import predict_dataset
 from ..evaluate.metrics import prevalence
-from ..evaluate.segmentation import ConfusionMatrix, constant_prediction_miou
+from ..evaluate.segmentation import ConfusionMatrix, seg_report
 from ..model import CVSClassifier, count_params
 from ..plots import plot_training_curve
 from ..rundir import CURVE_FILE, run_environment
@@ -48,12 +48,7 @@ def finish(fit: Fit, model: CVSClassifier, best: Member, t0: float, extra: dict 
         preds = predict_dataset(model, split.dataset, cfg.train.batch_size, cfg.data.num_workers, fit.device,
                                 desc=role, progress=fit.progress, seg_confusion=cm)
         if cm is not None:
-            summary[f"{role}_seg"] = {"miou": cm.miou(), "constant_miou": constant_prediction_miou(cm),
-                                      "iou": dict(zip(seg_class_names(cfg), cm.iou())), "pixels": cm.pixels,
-                                      "present": dict(zip(seg_class_names(cfg), cm.present())),
-                                      "miou_undefined": cm.undefined_reason()}
-            if cm.undefined_reason():
-                log.warning("%s: mIoU is NaN (not a result): %s", role, cm.undefined_reason())
+            summary[f"{role}_seg"] = seg_report(cm, seg_class_names(cfg), role)
         ap = preds.ap(role)
         summary[f"{role}_map"], summary[f"{role}_ap"] = ap.map, list(ap.ap)
         summary[f"{role}_prevalence"] = prevalence(preds.labels)
