@@ -181,3 +181,45 @@ def test_exp2_head_param_count():
     print(f"exp2 head params at D=1024: {n:,}")
     assert n == 1024 + 2 * 1024 + 4 * (1024 * 1024 + 1024) + 2 * 1024 + (1024 * 512 + 512) + (512 * 3 + 3)
     assert 4.5e6 < n < 6e6
+
+
+# ---- head.pos_embed ---------------------------------------------------------------------------------
+
+def test_learned_positions_start_as_none_and_make_the_head_see_where():
+    from cvsjepa.heads import TokenLayout
+
+    layout = TokenLayout(views=3, levels=1, time=2, rows=2, cols=2)  # N = 24
+    torch.manual_seed(0)
+    plain = build_head(HeadConfig(num_heads=4, mlp_hidden=16), embed_dim=D)
+    torch.manual_seed(0)
+    placed = build_head(HeadConfig(num_heads=4, mlp_hidden=16, pos_embed="learned"), embed_dim=D, layout=layout)
+    tokens = torch.randn(2, layout.num_tokens, D, generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(placed(tokens), plain(tokens))  # zero-initialised: the same head at step 0
+    assert {n for n, _ in placed.pos.tables.named_parameters()} == {"view", "time", "row", "col"}  # 1 level: no table
+    perm = torch.randperm(layout.num_tokens, generator=torch.Generator().manual_seed(2))
+    blind = (plain(tokens[:, perm]) - plain(tokens)).abs().max()
+    assert blind < 1e-6  # depth 1 without positions: order-blind
+    with torch.no_grad():
+        for p in placed.pos.tables.values():
+            p.normal_(0, 1.0)
+    assert (placed(tokens[:, perm]) - placed(tokens)).abs().max() > 1e-4  # now it knows where
+    with pytest.raises(ValueError, match="positions are for 24 tokens"):
+        placed(tokens[:, :12])
+    with pytest.raises(ConfigError, match="token layout"):
+        build_head(HeadConfig(num_heads=4, pos_embed="learned"), embed_dim=D)
+
+
+def test_a_head_with_positions_reloads_from_its_checkpoint(tmp_path):
+    from cvsjepa.backbones import build_backbone
+    from cvsjepa.checkpoint import load_classifier, save_classifier
+    from cvsjepa.config import load_config
+    from cvsjepa.model import CVSClassifier, token_layout
+
+    cfg = load_config(None, ["backbone=tiny", "data.frames=4", "head.num_heads=4", "head.pos_embed=learned"])
+    bb = build_backbone(cfg.backbone).freeze()
+    head = build_head(cfg.head, bb.embed_dim, layout=token_layout(cfg, bb))
+    with torch.no_grad():
+        head.pos.tables["row"].normal_()
+    save_classifier(tmp_path / "ck", CVSClassifier(bb, head), cfg)
+    model, _, _ = load_classifier(tmp_path / "ck")
+    torch.testing.assert_close(model.head.pos.tables["row"], head.pos.tables["row"])

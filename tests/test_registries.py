@@ -12,10 +12,11 @@ from cvsjepa import CRITERIA
 from cvsjepa.backbones import build_backbone
 from cvsjepa.backbones.registry import FAMILIES
 from cvsjepa.config import (BackboneConfig, BackboneFamily, DecisionPolicy, HeadConfig, HeadType, LossConfig,
-                            LossType, StoreDtype)
+                            LossType, PosEmbed, SegDecoderType, StoreDtype)
 from cvsjepa.evaluate.operating_points import DEFAULT_TARGETS, POLICIES
 from cvsjepa.features.encoding import ENCODINGS
-from cvsjepa.heads import HEADS, build_head
+from cvsjepa.heads import HEADS, TokenLayout, build_head
+from cvsjepa.heads.segmentation import SEG_DECODERS
 from cvsjepa.train.losses import build_loss
 
 def test_registries_match_the_config_choices():
@@ -24,6 +25,23 @@ def test_registries_match_the_config_choices():
     assert set(ENCODINGS) == set(get_args(StoreDtype))
     assert {build_loss(LossConfig(type=t)).kind for t in get_args(LossType)} == set(get_args(LossType))
     assert set(POLICIES) == set(get_args(DecisionPolicy)) == set(DEFAULT_TARGETS)
+    assert set(SEG_DECODERS) == set(get_args(SegDecoderType))
+
+
+@pytest.mark.parametrize("pos_embed", get_args(PosEmbed))
+@pytest.mark.parametrize("head_type", sorted(HEADS))
+def test_every_head_builds_with_every_position_choice(head_type, pos_embed):
+    layout = TokenLayout(views=1, levels=1, time=3, rows=2, cols=2)
+    head = build_head(HeadConfig(type=head_type, num_heads=4, mlp_hidden=16, pos_embed=pos_embed), embed_dim=32,
+                      layout=layout)
+    assert head(torch.randn(2, layout.num_tokens, 32)).shape == (2, len(CRITERIA))
+
+
+@pytest.mark.parametrize("decoder", sorted(SEG_DECODERS))
+def test_every_seg_decoder_maps_the_keyframe_tokens_to_pixels(decoder):
+    dec = SEG_DECODERS[decoder](16, 5, (2, 2, 2), 32, 16, levels=1)
+    out = dec(torch.randn(2, 8, 16))
+    assert out.shape == (2, 5, 32, 32) and torch.isfinite(out).all()
 
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))

@@ -152,3 +152,27 @@ def test_predict_clip_and_timeline_use_the_runs_view(synth_root, tmp_path):
               for i in range(4)]
     last = list(iter_clips(iter(frames), m.crop, 4, 1, view="three_crops"))[-1][1]
     assert torch.equal(last, clip)
+
+
+def test_the_store_keeps_the_view_and_pools_three_crops_like_the_model(synth_root, tmp_path):
+    from cvsjepa.data.loaders import build_splits
+    from cvsjepa.features.dataset import open_store_splits
+    from cvsjepa.features.extract import extract
+    from cvsjepa.features.store import FeatureStore, StoreKeyError
+    from cvsjepa.model import CVSClassifier
+
+    args = ["backbone=tiny", f"data.root={synth_root}", "data.frames=4", "data.limit_per_split=3",
+            "features.splits=[val]", "features.dtype=float32", f"features.store={tmp_path / 'st'}"]
+    cfg = load_config(None, [*args, "data.view=three_crops"])
+    extract(cfg, progress=False)
+    layout = FeatureStore.open(tmp_path / "st").layout
+    assert layout["spatial_views"] == 3 and layout["views"] == 1 and layout["tokens_per_clip"] == 3 * 2 * 16
+    bb = build_backbone(cfg.backbone).freeze()
+    stored = open_store_splits(cfg, roles=("val",), backbone=bb)["val"].dataset
+    live = build_splits(cfg, bb.crop_size, roles=("val",))["val"].dataset
+    model = CVSClassifier(bb, torch.nn.Identity())
+    for i in range(3):
+        want = model.tokens({"video": live[i]["video"][None]})[0]
+        torch.testing.assert_close(stored[i]["tokens"], want, atol=1e-5, rtol=0)
+    with pytest.raises(StoreKeyError, match="data.view"):  # tokens of another field of view are never mixed
+        open_store_splits(load_config(None, [*args, "data.view=center"]), roles=("val",), backbone=bb)
