@@ -26,7 +26,7 @@ from cvsjepa.distributed import GlobalBatchSampler
 
 REPO = Path(__file__).resolve().parent.parent
 ARGS = ["backbone=tiny", "data.format=sages2024", "data.frames=4", "head.num_heads=4", "head.mlp_hidden=32",
-        "train.batch_size=8", "train.epochs=1", "train.patience=0"]
+        "train.batch_size=8", "train.epochs=1", "train.patience=0", "train.min_steps=0"]
 
 
 @pytest.fixture(scope="module")

@@ -137,7 +137,7 @@ def test_predict_clip_and_timeline_use_the_runs_view(synth_root, tmp_path):
     from cvsjepa.heads import build_head
     from cvsjepa.model import CVSClassifier, token_layout
     from cvsjepa.predict.timeline import iter_clips
-    from cvsjepa.predict.video import SampledFrame
+    from cvsjepa.data.video import SampledFrame
 
     cfg = load_config(None, ["backbone=tiny", "data.frames=4", "data.view=three_crops", "head.num_heads=4"])
     bb = build_backbone(cfg.backbone).freeze()
