@@ -7,6 +7,8 @@ import json
 
 import pytest
 
+SEED = 5  # a dataset and initialisation not used by docs/benchmarks.md (seeds 0-4)
+
 
 @pytest.mark.slow
 def test_the_default_budget_learns_200_keyframes_to_most_of_the_oracle(tmp_path):
@@ -39,5 +41,3 @@ def test_the_default_budget_learns_200_keyframes_to_most_of_the_oracle(tmp_path)
     assert budget["extended"] and budget["steps_run"] >= 500  # the step floor sized the run, not epochs
     assert summary["test_map"] >= 0.7 * oracle, (summary["test_map"], oracle)
 
-
-SEED = 5

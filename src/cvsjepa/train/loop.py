@@ -137,7 +137,8 @@ def fit_stage(fit: Fit, plan: StagePlan, trainee: Trainee, resume: dict | None =
             score = ap.map if not math.isnan(ap.map) else -math.inf
             if m.progress.update(score, epoch, plan.stage, plan.smoothing):
                 trainee.on_improved(m, epoch, plan.stage, score)
-            elif m.progress.should_stop(plan.patience, steps_done, budget.min_steps):
+            elif steps_done < budget.total_steps and m.progress.should_stop(plan.patience, steps_done,
+                                                                             budget.min_steps):
                 m.active = False
                 log.info("early stop%s (stage %d, step %d): the val mAP%s has not improved for %d epochs "
                          "(best %.4f at epoch %s)", f" of {m.label}" if m.label else "", plan.stage, steps_done,
