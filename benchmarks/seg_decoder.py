@@ -22,7 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-COMMON = ["backbone=tiny", "seg.enabled=true", "adapt.mode=frozen", "data.frames=2", "head.num_heads=4", "head.mlp_hidden=128", "train.batch_size=16", "train.lr=1e-3", "seg.decoder_dim=64"]
+COMMON = ["backbone=tiny", "seg.enabled=true", "adapt.mode=frozen", "data.frames=2", "head.num_heads=4",
+          "head.mlp_hidden=128", "train.batch_size=16", "train.lr=1e-3", "seg.decoder_dim=64"]
 
 
 def main() -> None:
@@ -59,7 +60,8 @@ def main() -> None:
     print(f"\n| decoder | test mIoU | {' | '.join(names)} |\n|---|---|" + "---|" * len(names))
     for dec, rows in table.items():
         cells = [np.nanmean([r["iou"][n] for r in rows]) for n in names]
-        print(f"| {dec} | {np.nanmean([r['miou'] for r in rows]):.3f} | " + " | ".join(f"{c:.3f}" for c in cells) + " |")
+        miou = np.nanmean([r["miou"] for r in rows])
+        print(f"| {dec} | {miou:.3f} | " + " | ".join(f"{c:.3f}" for c in cells) + " |")
 
 
 if __name__ == "__main__":

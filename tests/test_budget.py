@@ -20,7 +20,6 @@ from cvsjepa.train.build import AUTO_MIN_STEPS_AFTER_WARMUP, StagePlan, stage_bu
 from cvsjepa.train.members import Progress
 from tiny_runs import tiny_train_args
 
-pytestmark = pytest.mark.usefixtures("single_thread")
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -81,7 +80,8 @@ def test_early_stopping_cannot_fire_before_the_minimum_steps(synth_root, tmp_pat
     before the epoch that reaches train.min_steps with one."""
     def run(name: str, extra: list[str]) -> dict:
         calls = itertools.count()
-        monkeypatch.setattr(Predictions, "ap", lambda self: APResult((0.5, 0.5, 0.5), 0.9 - 0.01 * next(calls)))
+        monkeypatch.setattr(Predictions, "ap",
+                            lambda self, *a, **k: APResult((0.5, 0.5, 0.5), 0.9 - 0.01 * next(calls)))
         out = tmp_path / name
         args = [*tiny_train_args(synth_root, out, epochs=8), "train.patience=1", "train.patience_smoothing=1",
                 "data.test_split=", *extra, "--no-progress"]

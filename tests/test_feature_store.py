@@ -345,7 +345,8 @@ def test_a_batch_read_in_one_go_is_not_copied_again():
 
 def test_train_from_the_store_reproduces_the_in_loop_val_map(stores, synth_root, tmp_path):
     common = [a for a in store_args(synth_root, "") if not a.startswith("features.store")]
-    common += ["train.batch_size=8", "train.epochs=2", "train.lr=1e-3", "train.patience=0", "train.min_steps=0", "seed=3"]
+    common += ["train.batch_size=8", "train.epochs=2", "train.lr=1e-3", "train.patience=0", "train.min_steps=0",
+               "seed=3"]
     runs = {"live": [], "fp32": [f"features.store={stores['fp32']}", "features.dtype=float32"],
             "fp16": [f"features.store={stores['fp16']}"]}
     summary = {}

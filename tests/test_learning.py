@@ -12,8 +12,6 @@ SEED = 5  # a dataset and initialisation not used by docs/benchmarks.md (seeds 0
 
 @pytest.mark.slow
 def test_the_default_budget_learns_200_keyframes_to_most_of_the_oracle(tmp_path):
-    import torch
-
     from cvsjepa.config import load_config
     from cvsjepa.data.synth import write_synthetic_dataset
     from cvsjepa.demo import DEMO_OVERRIDES
@@ -29,15 +27,10 @@ def test_the_default_budget_learns_200_keyframes_to_most_of_the_oracle(tmp_path)
     write_synthetic_dataset(root, seed=SEED, videos=(16, 6, 12), progress=False, outside_crop=False)
     n_train = len(json.loads((root / "train" / "annotation_ds_coco.json").read_text())["images"])
     assert 180 <= n_train <= 240, n_train  # the size of the project's own synth
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        cfg = load_config(None, [*DEMO_OVERRIDES, f"data.root={root}", f"out={tmp_path / 'run'}", f"seed={SEED}",
-                                 f"features.store={tmp_path / 'store'}"])
-        extract(cfg, progress=False)
-        summary = train(cfg, progress=False).summary
-    finally:
-        torch.set_num_threads(threads)
+    cfg = load_config(None, [*DEMO_OVERRIDES, f"data.root={root}", f"out={tmp_path / 'run'}", f"seed={SEED}",
+                             f"features.store={tmp_path / 'store'}"])
+    extract(cfg, progress=False)
+    summary = train(cfg, progress=False).summary
     oracle = json.loads((root / "oracle.json").read_text())["test"]["map"]
     budget = summary["budget"]["1"]
     assert budget["extended"] and budget["steps_run"] >= 500  # the step floor sized the run, not epochs

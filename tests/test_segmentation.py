@@ -105,7 +105,8 @@ def test_decoder_uses_the_keyframe_tokens():
 def test_multitask_run_reports_miou(synth_root, tmp_path):
     out = tmp_path / "run"
     assert main(["train", "configs/exp8_multitask.yaml", "backbone=tiny", f"data.root={synth_root}", f"out={out}",
-                 "data.frames=4", "head.num_heads=4", "head.mlp_hidden=32", "train.batch_size=8", "train.epochs=1", "train.min_steps=0",
+                 "data.frames=4", "head.num_heads=4", "head.mlp_hidden=32", "train.batch_size=8", "train.epochs=1",
+                 "train.min_steps=0",
                  "seg.decoder_dim=32", "--no-progress"]) == 0
     header = (out / "metrics.csv").read_text().splitlines()[0].split(",")
     assert "val_miou" in header and "val_iou_cystic_plate" in header and "val_map" in header
@@ -120,7 +121,8 @@ def test_multitask_run_reports_miou(synth_root, tmp_path):
 def test_diagnose_seg_writes_the_grid(synth_root, tmp_path, capsys):
     out = tmp_path / "run"
     assert main(["train", "configs/exp8_multitask.yaml", "backbone=tiny", f"data.root={synth_root}", f"out={out}",
-                 "data.frames=4", "head.num_heads=4", "head.mlp_hidden=32", "train.batch_size=8", "train.epochs=1", "train.min_steps=0",
+                 "data.frames=4", "head.num_heads=4", "head.mlp_hidden=32", "train.batch_size=8", "train.epochs=1",
+                 "train.min_steps=0",
                  "seg.decoder_dim=32", "adapt.mode=frozen", "--no-progress"]) == 0
     assert main(["diagnose", str(out), "seg", "--samples", "2"]) == 0
     pngs = list((out / "diagnose").glob("segmentation_check_*.png"))

@@ -19,7 +19,6 @@ from cvsjepa.data.transforms import (IMAGENET_MEAN, IMAGENET_STD, crop_box, prep
                                      preprocess_mask, view_coverage, view_windows)
 from cvsjepa.errors import ConfigError  # noqa: E402
 
-pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def _frames(t=2, h=48, w=86, seed=0) -> torch.Tensor:
@@ -141,8 +140,8 @@ def test_predict_clip_and_timeline_use_the_runs_view(synth_root, tmp_path):
 
     cfg = load_config(None, ["backbone=tiny", "data.frames=4", "data.view=three_crops", "head.num_heads=4"])
     bb = build_backbone(cfg.backbone).freeze()
-    save_classifier(tmp_path / "ck", CVSClassifier(bb, build_head(cfg.head, bb.embed_dim, layout=token_layout(cfg, bb))),
-                    cfg)
+    head = build_head(cfg.head, bb.embed_dim, layout=token_layout(cfg, bb))
+    save_classifier(tmp_path / "ck", CVSClassifier(bb, head), cfg)
     m = CVSModel.from_run(tmp_path / "ck", device="cpu", thresholds=[0.5, 0.5, 0.5])
     s = load_split(synth_root, "val", frames=4, stride=1).samples[5]
     raw = torch.stack([read_frame(p) for p in s.clip_paths])

@@ -8,6 +8,9 @@ A config is built in three layers, later ones winning:
 
 Every layer is merged in OmegaConf *struct* mode, so an unknown or misspelt key is an error that
 names the key (and the closest valid one). Values are type-checked against the dataclass fields.
+
+This file is long because every option is declared here once, with the comment that is its user-facing
+documentation, and the checks that types alone cannot express sit next to them.
 """
 
 from __future__ import annotations

@@ -17,7 +17,8 @@ from cvsjepa.rundir import BEST_DIR, RESUME_MANIFEST, SUMMARY_FILE, resume_file
 from resume_state import resume_path
 
 FAST = ["backbone=tiny", "data.frames=4", "head.num_heads=4", "head.mlp_hidden=32", "train.batch_size=8",
-        "train.epochs=3", "train.patience=0", "train.min_steps=0", "train.lr=3e-3", "head.dropout=0.1", "train.mixup_alpha=0.4"]
+        "train.epochs=3", "train.patience=0", "train.min_steps=0", "train.lr=3e-3", "head.dropout=0.1",
+        "train.mixup_alpha=0.4"]
 
 
 KILLER = Path(__file__).with_name("kill_after_steps.py")

@@ -77,8 +77,8 @@ def batch_video_ids(values) -> list[int | str]:
 class ClipDataset(Dataset):
     """Keyframe clips with their targets.
 
-    Item: ``video`` float32 ``[T, 3, crop, crop]`` (``view="three_crops"``: ``[3, T, 3, crop, crop]``); ``target`` float32 ``[3]`` (the 0/1 label for
-    ``target="hard"``, the rater mean for ``"soft"``); ``label`` and ``rater_mean`` float32 ``[3]``;
+    Item: ``video`` float32 ``[T, 3, crop, crop]`` (``view="three_crops"``: ``[3, T, 3, crop, crop]``);
+    ``target`` float32 ``[3]`` (the 0/1 label for ``target="hard"``, the rater mean for ``"soft"``); ``label`` and ``rater_mean`` float32 ``[3]``;
     ``sample_id`` str, ``video_id`` int (Endoscapes) or str (SAGES), ``frame`` int.
     With ``on_bad_sample="skip"`` a clip whose frame cannot be read gives ``None`` (drop it with
     :func:`collate_skip_none`); with ``"error"`` the :class:`DataError` naming the frame propagates.

@@ -1,7 +1,8 @@
 """Endoscapes semantic masks: ``semseg/{vid}_{frame}.png``, 480x854, 3 identical channels whose value
 is the class id (0 background, 1 cystic_plate, 2 calot_triangle, 3 cystic_artery, 4 cystic_duct,
 5 gallbladder, 6 tool) and 255 = ignore. ``seg_label_map.txt`` names the ids (:func:`dataset_label_map`
-reads it; ``seg.classes`` are translated through it, so a dataset numbered otherwise is read right). A copy with only the COCO instance masks
+reads it; ``seg.classes`` are translated through it, so a dataset numbered otherwise is read right).
+A copy with only the COCO instance masks
 (``{split}_seg/annotation_coco.json``, RLE or polygons) gets the same class-id map from
 :class:`CocoMasks`."""
 
@@ -41,8 +42,9 @@ def class_name(entry, where: str = "seg.classes") -> str:
     if isinstance(entry, int):
         names = {v: k for k, v in DEFAULT_LABEL_MAP.items()}
         if entry not in names:
-            raise ConfigError(f"{where}: {entry} is not a class id of the Endoscapes map "
-                              f"({', '.join(f'{v} {k}' for k, v in DEFAULT_LABEL_MAP.items())}); give the class by name")
+            known = ", ".join(f"{v} {k}" for k, v in DEFAULT_LABEL_MAP.items())
+            raise ConfigError(f"{where}: {entry} is not a class id of the Endoscapes map ({known}); give the class "
+                              f"by name")
         return names[entry]
     name = canonical_name(entry)
     if name is None:

@@ -763,7 +763,8 @@ def _write_annotations(tmp: Path, all_videos: list[_Video], split_vids: dict, se
               "seed": seed, "videos": list(videos), "min_seconds": min_seconds, "max_seconds": max_seconds,
               "seg_fraction": seg_fraction, "seg_every_s": seg_every_s, "outside_crop": outside_crop,
               "framing": "each video's anatomy left, centre or right of the centre crop (data.view=center misses "
-                         "part of it)" if outside_crop else "anatomy inside the centre crop", "width": WIDTH, "height": HEIGHT, "source_fps": SOURCE_FPS,
+                         "part of it)" if outside_crop else "anatomy inside the centre crop",
+              "width": WIDTH, "height": HEIGHT, "source_fps": SOURCE_FPS,
               "keyframe_every_s": KEYFRAME_EVERY_S, "det_every_s": DET_EVERY_S, "rater_slope": RATER_SLOPE,
               "jpeg_quality": JPEG_QUALITY, "ignore_band_px": IGNORE_BAND_PX,
               "split_vids": split_vids, "seg_vids": seg_vids,

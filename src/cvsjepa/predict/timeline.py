@@ -3,8 +3,8 @@
 Clips are the ones training used (:func:`cvsjepa.data.endoscapes.causal_clip`): sample ``k`` and
 the ``frames - 1`` earlier samples, ``stride`` apart, the first sample standing in for positions
 before the start. Frames go through :func:`cvsjepa.data.transforms.preprocess_frame` (the run's
-``data.view``) one at a time as they are decoded; only the last ``(frames - 1) * stride + 1`` preprocessed frames are kept,
-and the heap is trimmed every few minutes of video (:func:`trim_heap`), so memory stays flat.
+``data.view``) one at a time as they are decoded; only the last ``(frames - 1) * stride + 1``
+preprocessed frames are kept, and the heap is trimmed every few minutes of video (:func:`trim_heap`), so memory stays flat.
 
 Probabilities are calibrated when the run has a calibration (:mod:`cvsjepa.evaluate.temperature`).
 ``p_all`` is the **product** ``p_C1 * p_C2 * p_C3`` (P(all three) if the criteria were

@@ -164,7 +164,8 @@ def build_optimizer(model: CVSClassifier, cfg: RunConfig, head_lr: float | None 
     return torch.optim.AdamW(classifier_param_groups(model, cfg, head_lr, backbone_lr))
 
 
-def make_scheduler(optimizer: torch.optim.Optimizer, budget: Budget, min_lr_ratio: float) -> torch.optim.lr_scheduler.LambdaLR:
+def make_scheduler(optimizer: torch.optim.Optimizer, budget: Budget,
+                   min_lr_ratio: float) -> torch.optim.lr_scheduler.LambdaLR:
     """Linear warm-up over ``budget.warmup_steps``, then cosine to ``min_lr_ratio`` at
     ``budget.total_steps``, stepped per optimizer step."""
     total, warmup = budget.total_steps, budget.warmup_steps
