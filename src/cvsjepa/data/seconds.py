@@ -67,13 +67,15 @@ def seconds_split(split, cfg, crop: int):
     target, caches and bad-sample policy as the keyframe split ``split``)."""
     from .dataset import ClipDataset
     from .loaders import SplitData
+    from .transforms import view_count
 
     samples = second_samples(split.index, cfg.data.frames, cfg.data.stride)
     index = SplitIndex(split.index.split, samples, split.index.video_frames, frame_refs=split.index.frame_refs)
-    frame_bytes = 3 * crop * crop * 4  # one preprocessed float32 frame; half the frame cache, as a split gets
+    # one preprocessed float32 frame (all its views); half the frame cache, as a split gets
+    frame_bytes = view_count(cfg.data.view) * 3 * crop * crop * 4
     budget = cfg.data.frame_cache_mb * 2**20 // 2
     longest = max((len(f) for f in index.video_frames.values()), default=1)
     return SplitData(index, ClipDataset(samples, crop=crop, target=cfg.data.target,
                                         cache_frames=max(64, budget // frame_bytes),
                                         cache_videos=max(2, budget // (frame_bytes * longest)),
-                                        on_bad_sample=cfg.data.on_bad_sample))
+                                        on_bad_sample=cfg.data.on_bad_sample, view=cfg.data.view))

@@ -79,6 +79,7 @@ def internal_entropy(model, loader, device: torch.device, desc: str = "internal 
     backbone = model.backbone
     modules = attention_modules(backbone)
     sums: dict[int, torch.Tensor] = {}
+    clips: dict[int, int] = {}  # backbone clips per layer (3 per keyframe with data.view=three_crops)
     n_tokens = [0]
 
     def make_hook(layer: int):
@@ -90,6 +91,7 @@ def internal_entropy(model, loader, device: torch.device, desc: str = "internal 
             n_tokens[0] = attn.shape[-1]
             ent = normalised_entropy(attn, dim=-1).mean(dim=-1).sum(dim=0)  # [heads], summed over clips
             sums[layer] = sums.get(layer, 0) + ent.double().cpu()
+            clips[layer] = clips.get(layer, 0) + attn.shape[0]
         return hook
 
     handles = [m.register_forward_hook(make_hook(i)) for i, m in modules.items()]
@@ -109,7 +111,7 @@ def internal_entropy(model, loader, device: torch.device, desc: str = "internal 
     if n == 0:
         raise ConfigError("no clip to measure internal attention on")
     ran = sorted(sums)  # multilevel backbones stop after their last chosen block
-    table = np.stack([(sums[i] / n).numpy() for i in ran])
+    table = np.stack([(sums[i] / clips[i]).numpy() for i in ran])
     return {"layers_heads": table, "pooler": pooler_sum / n, "n_clips": n, "n_tokens": n_tokens[0],
             "layers": ran}
 
