@@ -67,7 +67,7 @@ class Budget:
                f"{self.min_steps}")
         if self.extended:
             out += (f"; {plan.epochs} epochs would be {plan.epochs * self.steps_per_epoch} steps on this data, "
-                    f"extended to train.min_steps")
+                    f"extended to train.min_steps (train.min_steps=0 trains exactly {plan.epochs} epochs)")
         return out
 
 
