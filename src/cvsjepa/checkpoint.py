@@ -46,6 +46,7 @@ ADAPTER_DIR = "adapter"  # a PEFT adapter (save_pretrained), for LoRA runs
 # them), spelled here so that reading a checkpoint's layout does not import peft.
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
+CARD_FILE = "README.md"  # the model card (card.py): not a content file, so refreshing it never breaks a hash
 CONTENT_KEY = "sha256"  # config.json: {file relative to the checkpoint: sha256 hex}
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
 

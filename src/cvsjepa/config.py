@@ -56,6 +56,8 @@ TimeToCvsMethod = Literal["seconds", "keyframes", "off"]
 DataView = Literal["center", "letterbox", "three_crops"]
 PosEmbed = Literal["none", "learned"]
 SegDecoderType = Literal["coarse", "fine"]
+# Experiment trackers (tracking/: TRACKERS); csv is the run directory's own metrics.csv, always written.
+TrackerName = Literal["csv", "tensorboard", "mlflow", "wandb"]
 
 
 @dataclass
@@ -71,11 +73,11 @@ class DataConfig:
     frames: int = 16  # frames per clip, sampled from the 1 fps frames; even for V-JEPA's tubelet of 2
     stride: int = 1  # step between clip frames, counted in 1 fps frames
     target: TargetMode = "hard"  # hard = round(rater mean) (majority of 3); soft = the rater mean itself
-    train_split: str = "train"
-    val_split: str = "val"
+    train_split: str = "train"  # the dataset's split trained on
+    val_split: str = "val"  # the split checkpoints, calibration and thresholds are chosen on
     test_split: str = "test"  # "" = no test split
     on_bad_sample: BadSamplePolicy = "error"  # error | skip (skips are logged with a count)
-    num_workers: int = 0
+    num_workers: int = 0  # DataLoader worker processes (0 = load in the main process)
     frame_cache_mb: int = 1024  # RAM for preprocessed frames, reused by overlapping clips and later epochs
     limit_per_split: int = 0  # keep only the first N keyframes of each split (0 = all); for smoke runs
     criteria: list[str] = field(default_factory=lambda: list(CRITERIA))  # display names only
@@ -98,13 +100,13 @@ class BackboneConfig:
 
 @dataclass
 class HeadConfig:
-    type: HeadType = "attentive"
-    num_heads: int = 8
-    num_queries: int = 1
+    type: HeadType = "attentive"  # attentive (cross-attention pooling + MLP) | linear (mean-pool probe)
+    num_heads: int = 8  # attention heads of the pooling block
+    num_queries: int = 1  # learned queries of the pooling block (outputs averaged)
     depth: int = 1  # depth-1 self-attention blocks, then the cross-attention pooling block
     pooler_mlp_ratio: float = 0.0  # MLP inside the pooling block (official probe: 4.0); 0 = none
     mlp_hidden: int = 512  # hidden width of the classifier MLP; 0 = a single Linear
-    dropout: float = 0.0
+    dropout: float = 0.0  # dropout before the classifier MLP
     # attentive head: positions of its own, added to the tokens it pools (the encoder's RoPE does not
     # reach the head). none | learned = a learned embedding per axis of the token grid (view, level,
     # time, row, column), summed; starts at 0, so it begins as `none` (heads/positions.py). Default
@@ -128,9 +130,9 @@ class AdaptConfig:
     unfreeze_last: int = 2  # unfreeze: how many of the last encoder blocks train (exp8: 2)
     lr: float = 1e-5  # learning rate of the unfrozen blocks or the LoRA adapters
     llrd: float = 1.0  # layer-wise LR decay: block i (of L) gets lr * llrd^(L-1-i); 1 = off
-    lora_r: int = 16
-    lora_alpha: int = 32
-    lora_dropout: float = 0.1
+    lora_r: int = 16  # LoRA rank
+    lora_alpha: int = 32  # LoRA scaling numerator (update scaled by lora_alpha / lora_r)
+    lora_dropout: float = 0.1  # dropout on the LoRA branch's input
     lora_targets: list[str] = field(default_factory=lambda: ["query", "value"])  # encoder attention only
     drop_path: float = 0.0  # stochastic depth in the backbone, linearly increasing with depth
     gradient_checkpointing: bool = False  # recompute block activations in backward to save memory
@@ -139,15 +141,15 @@ class AdaptConfig:
 @dataclass
 class Stage2Config:
     """Staged fine-tuning (exp9): after the main (stage 1) training, continue from its best checkpoint."""
-    enabled: bool = False
-    epochs: int = 5
-    patience: int = 3
+    enabled: bool = False  # run stage 2 after stage 1
+    epochs: int = 5  # stage 2 epochs
+    patience: int = 3  # stage 2 early stopping on val mAP; 0 = never
     mode: Stage2Mode = "unfreeze"  # unfreeze | lora
-    unfreeze_last: int = 1
-    backbone_lr: float = 1e-6
+    unfreeze_last: int = 1  # stage 2 unfreeze: how many of the last encoder blocks train
+    backbone_lr: float = 1e-6  # stage 2 learning rate of the backbone (blocks or LoRA)
     lr: float = 1e-5  # head learning rate in stage 2
-    batch_size: int = 16
-    grad_accum: int = 8
+    batch_size: int = 16  # stage 2 clips per micro-batch
+    grad_accum: int = 8  # stage 2 micro-batches per optimiser step
 
 
 @dataclass
@@ -160,10 +162,10 @@ class TrainConfig:
     batch_size: int = 32
     grad_accum: int = 1  # micro-batches per optimiser step (effective batch = batch_size * grad_accum)
     lr: float = 5e-4  # head learning rate
-    weight_decay: float = 0.01
+    weight_decay: float = 0.01  # AdamW weight decay of matrices (biases and norms: none)
     warmup_epochs: float = 0.0  # linear warm-up, then cosine decay to min_lr_ratio * lr
     warmup_steps: int = -1  # warm-up in optimizer steps; -1 = use warmup_epochs
-    min_lr_ratio: float = 0.0
+    min_lr_ratio: float = 0.0  # the cosine ends at min_lr_ratio * lr
     patience: int = 5  # early stopping: epochs without a better smoothed val mAP; 0 = never stop early
     # no early stop before this many optimizer steps of the stage, and an epoch budget shorter than it
     # is extended to it; -1 = auto: the end of warm-up + 500 steps (the attentive pooler starts as a
@@ -181,6 +183,12 @@ class TrainConfig:
     cutmix_alpha: float = 0.0  # CutMix Beta(alpha, alpha); 0 = off
     mix_prob: float = 1.0  # probability that a batch is mixed when MixUp/CutMix is on
     on_nonfinite: NonFinitePolicy = "error"  # error: stop naming the step, samples and last good checkpoint | skip the batch
+    # experiment trackers that also receive the config, every metrics.csv column per epoch, the final
+    # test metrics and the plots, offline in the run directory: [csv] (metrics.csv only) or e.g.
+    # [csv, tensorboard, mlflow, wandb]; each but csv is an extra: pip install 'cvsjepa[tensorboard]'
+    loggers: list[TrackerName] = field(default_factory=lambda: ["csv"])
+    tracker_project: str = "cvsjepa"  # the MLflow experiment and the W&B project the run is logged under
+    mlflow_uri: str = ""  # MLflow tracking URI; "" = a local SQLite store in RUN/mlflow/ (nothing leaves the machine)
 
 
 @dataclass
@@ -199,21 +207,21 @@ class FeaturesConfig:
 @dataclass
 class SweepConfig:
     """`cvsjepa sweep`: K = len(lrs) * len(weight_decays) heads trained at once from a feature store."""
-    lrs: list[float] = field(default_factory=lambda: [5e-3, 3e-3, 1e-3, 3e-4, 1e-4])  # official V-JEPA 2 grid
-    weight_decays: list[float] = field(default_factory=lambda: [0.01, 0.1, 0.4, 0.8])
+    lrs: list[float] = field(default_factory=lambda: [5e-3, 3e-3, 1e-3, 3e-4, 1e-4])  # head learning rates (the official V-JEPA 2 grid)
+    weight_decays: list[float] = field(default_factory=lambda: [0.01, 0.1, 0.4, 0.8])  # crossed with lrs
 
 
 @dataclass
 class SegConfig:
     """Multi-task segmentation (exp8): a light decoder on the keyframe's patch tokens."""
-    enabled: bool = False
+    enabled: bool = False  # train a segmentation decoder next to the CVS head
     weight: float = 0.5  # total loss = CVS loss + weight * segmentation cross-entropy
     # classes kept, in order, by name (seg_label_map.txt) or by id of the default Endoscapes map
     # (0 background, 1 cystic_plate, 2 calot_triangle, 3 cystic_artery, 4 cystic_duct, 5 gallbladder,
     # 6 tool); the dataset's seg_label_map.txt translates names to its mask values. Others ->
     # background, 255 stays ignore. The log's 5: [0, 1, 2, 3, 4]; all 7: [0, 1, 2, 3, 4, 5, 6]
     classes: list[Any] = field(default_factory=lambda: [0, 1, 2, 3, 4])
-    decoder_dim: int = 256
+    decoder_dim: int = 256  # channels of the segmentation decoder
     # coarse = two x2 upsamplings of the keyframe's token grid, then bilinear (a 4x4 grid gives 16x16) |
     # fine = every multilevel layer fused, and each token decoded to its own patch of pixels (pixel
     # shuffle), so structures thinner than a token (the cystic artery and duct) can appear
@@ -225,10 +233,10 @@ class SegConfig:
 
 @dataclass
 class RunConfig:
-    version: int = CONFIG_VERSION
-    name: str = "run"
-    description: str = ""
-    seed: int = 0
+    version: int = CONFIG_VERSION  # config format version; a file of another version is refused
+    name: str = "run"  # the run's name (auto-named run directories start with it)
+    description: str = ""  # free text kept with the run (config.yaml, the model card)
+    seed: int = 0  # seeds weights, batches, augmentation and (SAGES) the val draw
     out: str = ""  # run directory; empty = runs/<name>-<timestamp>
     resume: bool = False  # continue the run in `out` from its last complete epoch (same config required)
     data: DataConfig = field(default_factory=DataConfig)
@@ -256,6 +264,8 @@ def choices(key: str) -> tuple[str, ...]:
         if part not in hints:
             return ()
         cls = hints[part]
+    if get_origin(cls) is list:  # list[Literal[...]]: the choices of each item
+        cls = get_args(cls)[0]
     return tuple(get_args(cls)) if get_origin(cls) is Literal else ()
 
 
@@ -306,7 +316,8 @@ def _merge(cfg: DictConfig, updates: dict, where: str) -> DictConfig:
         except OmegaConfBaseException as e:
             allowed = choices(key)
             if allowed:
-                raise ConfigError(f"{key}={value!r} is not one of {', '.join(allowed)} (in {where})") from e
+                each = "each item of " if isinstance(value, list) else ""
+                raise ConfigError(f"{key}={value!r}: {each}{key} must be one of {', '.join(allowed)} (in {where})") from e
             expected = type(OmegaConf.select(schema, key)).__name__
             raise ConfigError(f"bad value for '{key}' in {where}: {value!r} "
                               f"(expected {expected})") from e
@@ -473,3 +484,52 @@ def all_keys() -> list[tuple[str, Any]]:
     """Every leaf key with its default, for `cvsjepa config-keys`."""
     flat = _flatten(to_dict(RunConfig()))
     return sorted(flat.items())
+
+
+def changes_from_defaults(cfg: RunConfig) -> list[str]:
+    """``["train.epochs = 2  (default 15)", ...]``: the keys whose value differs from the defaults, sorted:
+    what ``train`` and ``sweep`` print at their start (the full config goes to ``config.yaml``)."""
+    defaults = _flatten(to_dict(RunConfig()))
+    return [f"{k} = {v!r}  (default {defaults.get(k)!r})" for k, v in sorted(_flatten(to_dict(cfg)).items())
+            if defaults.get(k) != v]
+
+
+def key_docs() -> dict[str, str]:
+    """``{dotted key: one-line description}`` from the comments on the dataclass fields above (they are
+    the user-facing documentation): the comment at the end of a field's line, else the comment lines
+    right above it, joined. A key without either is absent (tests/test_config.py requires one each)."""
+    import ast
+    import io
+    import tokenize
+
+    source = Path(__file__).read_text()
+    comments = {tok.start[0]: tok.string.lstrip("#").strip()
+                for tok in tokenize.generate_tokens(io.StringIO(source).readline) if tok.type == tokenize.COMMENT}
+    lines = source.splitlines()
+    fields: dict[str, dict[str, str]] = {}
+    for node in ast.parse(source).body:
+        if not isinstance(node, ast.ClassDef):
+            continue
+        for stmt in node.body:
+            if not (isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name)):
+                continue
+            text = comments.get(stmt.end_lineno, "")  # on a field's own line a comment is a trailing one
+            if not text:
+                above, n = [], stmt.lineno - 1
+                while n >= 1 and lines[n - 1].strip().startswith("#"):
+                    above.insert(0, comments.get(n, ""))
+                    n -= 1
+                text = " ".join(above)
+            if text:
+                fields.setdefault(node.name, {})[stmt.target.id] = text
+
+    def walk(cls: Any, prefix: str) -> dict[str, str]:
+        out = {}
+        for name, hint in get_type_hints(cls).items():
+            if is_dataclass(hint):
+                out.update(walk(hint, f"{prefix}{name}."))
+            elif name in fields.get(cls.__name__, {}):
+                out[f"{prefix}{name}"] = fields[cls.__name__][name]
+        return out
+
+    return walk(RunConfig, "")

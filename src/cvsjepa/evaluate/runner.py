@@ -33,6 +33,7 @@ from ..data.endoscapes import Sample
 from ..data.loaders import SplitData, build_splits
 from ..errors import ConfigError
 from ..io import atomic_write_json, json_safe
+from ..card import refresh_card
 from ..checkpoint import check_probabilities
 from ..reopen import Reopen, load_run, run_config
 from ..rundir import (BEST_DIR, RunDir, calibration_file, data_tag, eval_file, pr_curves_file, reliability_file,
@@ -246,6 +247,8 @@ def evaluate_run(run_dir: str | Path, options: EvalOptions = EvalOptions(), reop
     files = write_outputs(run, split, suffix, report, preds, doc, calibration, names)
     report["seconds"] = round(time.time() - t0, 1)
     atomic_write_json(files["json"], json_safe(report))
+    if not suffix:  # the run's own thresholds (and test metrics) changed: the model card shows them
+        refresh_card(run)
     return EvalResult(run, split, files, report)
 
 

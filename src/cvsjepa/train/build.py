@@ -15,13 +15,14 @@ from torch.utils.data import DataLoader
 from .. import distributed
 from ..adapt import apply_adaptation, backbone_param_groups, params_breakdown
 from ..backbones import build_backbone
-from ..config import RunConfig
+from ..config import RunConfig, changes_from_defaults
 from ..data.dataset import collate_skip_none
 from ..errors import ConfigError
 from ..heads import build_head
 from ..model import CVSClassifier, build_seg_head, count_params, token_layout
 from ..rundir import LOG_FILE, RunDir, with_saved_splits, write_split_file
 from ..runtime import configure_threads, resolve_device, seed_everything
+from ..tracking import check_available
 from .sampling import balanced_weights
 from .schedule import warmup_cosine
 
@@ -210,9 +211,15 @@ def prepare(cfg: RunConfig, processes: bool = True) -> torch.device:
     (joining torchrun's process group when ``processes`` and launched by it)."""
     if not cfg.data.root:
         raise ConfigError("data.root is not set: pass data.root=/path/to/endoscapes (or a `cvsjepa synth` folder)")
+    check_available(cfg.train.loggers)  # a missing tracker package, before any run directory is claimed
     configure_threads(cfg.train.threads, cfg.data.num_workers)
     seed_everything(cfg.seed)
-    return (distributed.setup() if processes else None) or resolve_device(cfg.train.device)
+    device = (distributed.setup() if processes else None) or resolve_device(cfg.train.device)
+    if distributed.is_main():
+        changed = changes_from_defaults(cfg)
+        log.info("config (%s):%s", "the defaults" if not changed else "differences from the defaults",
+                 "".join(f"\n  {line}" for line in changed))
+    return device
 
 
 def open_run(cfg: RunConfig, splits: dict) -> tuple[RunDir, dict | None]:

@@ -26,6 +26,7 @@ from ..evaluate.segmentation import ConfusionMatrix, constant_prediction_miou
 from ..heads.segmentation import masked_seg_loss
 from ..model import CVSClassifier, count_params
 from ..rundir import STAGE1_BEST_DIR, RunDir
+from ..tracking import tracking
 from .build import (StagePlan, build_model, classifier_param_groups, load_data, open_run, prepare, run_log, split_labels,
                     stage_plans, with_loaded_backbone)
 from .finish import finish
@@ -149,15 +150,15 @@ def train(cfg: RunConfig, progress: bool = True) -> RunResult:
         return RunResult(run, run.read_summary())
     failed = True
     try:
-        with run_log(run):
-            result = _fit(cfg, model, splits, run, device, t0, progress and distributed.is_main(), resume)
+        with run_log(run), tracking(cfg, run.path, resume["epoch"] if resume else 0, distributed.is_main()) as tracker:
+            result = _fit(cfg, model, splits, run, device, t0, progress and distributed.is_main(), resume, tracker)
         failed = False
         return result
     finally:
         distributed.teardown(failed)
 
 
-def _fit(cfg, model, splits, run: RunDir, device, t0, progress, resume: dict | None) -> RunResult:
+def _fit(cfg, model, splits, run: RunDir, device, t0, progress, resume: dict | None, tracker) -> RunResult:
     trainable, total = count_params(model)
     log.info("run directory: %s", run)
     log.info("backbone: %s (%s) | head: %s | trainable %s / total %s params %s", model.backbone.name,
@@ -165,7 +166,7 @@ def _fit(cfg, model, splits, run: RunDir, device, t0, progress, resume: dict | N
     for role, sd in splits.items():
         log.info("%s: %d keyframe clips from %d videos, positive rate %s", role, len(sd.index.samples),
                  len(sd.index.video_frames), [round(float(p), 3) for p in split_labels(sd).mean(0)])
-    fit = Fit(cfg, run, device, splits, progress)
+    fit = Fit(cfg, run, device, splits, progress, tracker=tracker)
     trainee = ClassifierTrainee(cfg, model, run, device)
     if resume:
         trainee.restore(resume)

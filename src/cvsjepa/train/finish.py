@@ -1,5 +1,6 @@
 """The end of every run (`train` and `sweep` alike): score the best weights on val and test, write
-the predictions, the training curve and ``summary.json`` (written last: it marks the run finished)."""
+the predictions, the training curve and ``summary.json`` (written last: it marks the run finished);
+then the final metrics and the curve go to the experiment trackers and the model card is written."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from ..evaluate.metrics import prevalence
 from ..evaluate.segmentation import ConfusionMatrix, seg_report
 from ..model import CVSClassifier, count_params
 from ..plots import plot_training_curve
+from ..card import write_card
 from ..rundir import CURVE_FILE, run_environment
 from .loop import Fit
 from .members import Member
@@ -68,5 +70,19 @@ def finish(fit: Fit, model: CVSClassifier, best: Member, t0: float, extra: dict 
             plot_training_curve(run / CURVE_FILE, p.rows, p.best_epoch, title or f"{cfg.name} - {model.backbone.name}",
                                 tuple(cfg.data.criteria))
         run.write_summary(summary)
+        fit.tracker.log_summary(final_metrics(summary, tuple(cfg.data.criteria)))
+        if (run / CURVE_FILE).is_file():
+            fit.tracker.log_figure(run / CURVE_FILE)
+        write_card(run)
     return summary
+
+
+def final_metrics(summary: dict, names: tuple[str, ...]) -> dict:
+    """What the trackers get at the end: best epoch and val mAP, val/test mAP and per-criterion AP
+    (``test_ap_C1``...), the oracle mAP of synthetic data, the run's seconds."""
+    out = {k: summary.get(k) for k in ("best_epoch", "best_val_map", "val_map", "test_map", "val_oracle_map",
+                                       "test_oracle_map", "trainable_params", "seconds")}
+    for role in ("val", "test"):
+        out.update({f"{role}_ap_{n}": ap for n, ap in zip(names, summary.get(f"{role}_ap") or [])})
+    return out
 

@@ -34,6 +34,7 @@ from ..config import RunConfig
 from ..evaluate.inference import Predictions, move_batch
 from ..evaluate.metrics import cvs_average_precision
 from ..rundir import RunDir
+from ..tracking import Tracker, epoch_metrics
 from .build import StagePlan, make_scheduler, split_labels, stage_budget, train_loader
 from .losses import build_loss
 from .members import Member, NonFiniteGuard
@@ -82,6 +83,7 @@ class Fit:
     epoch: int = 0  # epochs done, over all stages
     timing: dict = field(default_factory=lambda: {"read_s": 0.0, "compute_s": 0.0})
     budgets: dict = field(default_factory=dict)  # stage -> its Budget and the optimizer steps it ran (summary.json)
+    tracker: Tracker = field(default_factory=Tracker)  # experiment trackers (train.loggers); the null one by default
 
 
 # A criterion with fewer val positives than this makes val mAP (and early stopping on it) noisy.
@@ -145,6 +147,7 @@ def fit_stage(fit: Fit, plan: StagePlan, trainee: Trainee, resume: dict | None =
                          f" (mean of {plan.smoothing} epochs)" if plan.smoothing > 1 else "",
                          m.progress.bad_epochs, m.progress.best_map, m.progress.best_epoch)
         trainee.end_epoch(epoch, plan)
+        fit.tracker.log_epoch(epoch, epoch_metrics(trainee.members, epoch))
         fit.budgets[plan.stage] = {**asdict(budget), "steps_run": steps_done}
         stage_done = (stage_epoch == budget.epochs or steps_done >= budget.total_steps
                       or not any(m.active for m in trainee.members))

@@ -36,6 +36,7 @@ from ..heads import TokenLayout, build_head
 from ..heads.bank import HeadBank
 from ..model import CVSClassifier
 from ..rundir import SWEEP_FILE, RunDir, write_csv
+from ..tracking import tracking
 from .build import StagePlan, load_data, open_run, param_groups, prepare, run_log, stage_plans, with_loaded_backbone
 from .classifier import RunResult
 from .finish import finish
@@ -169,11 +170,11 @@ def sweep(cfg: RunConfig, progress: bool = True) -> RunResult:
     if run.is_finished():
         log.info("%s already finished; nothing to resume", run)
         return RunResult(run, run.read_summary())
-    with run_log(run):
+    with run_log(run), tracking(cfg, run.path, resume["epoch"] if resume else 0) as tracker:
         log.info("sweep of %d heads (lr %s x wd %s) from feature store %s (%s tokens x %s %s per clip); run "
                  "directory %s", len(grid), cfg.sweep.lrs, cfg.sweep.weight_decays, cfg.features.store,
                  layout["tokens_per_clip"], layout["embed_dim"], layout["dtype"], run)
-        fit = Fit(cfg, run, device, splits, progress)
+        fit = Fit(cfg, run, device, splits, progress, tracker=tracker)
         heads = build_sweep_heads(cfg, int(layout["embed_dim"]), device, store_token_layout(layout))
         trainee = HeadBankTrainee(cfg, heads, run, device)
         if resume:
