@@ -47,6 +47,7 @@ ADAPTER_DIR = "adapter"  # a PEFT adapter (save_pretrained), for LoRA runs
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 CARD_FILE = "README.md"  # the model card (card.py): not a content file, so refreshing it never breaks a hash
+BUNDLED_BACKBONE = "backbone_dir"  # config.json: the backbone weights folder inside the checkpoint (an export bundle)
 CONTENT_KEY = "sha256"  # config.json: {file relative to the checkpoint: sha256 hex}
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
 
@@ -235,7 +236,8 @@ def load_classifier(ckpt_dir: Path, device: torch.device | str = "cpu",
     """``(model in eval mode, its config, config.json)`` after checking every recorded hash.
 
     ``backbone_path``: where the backbone weights are now, when they moved since training (the
-    returned config then names it); the weights there must have the recorded fingerprint."""
+    returned config then names it); the weights there must have the recorded fingerprint. A bundle
+    (``cvsjepa export --format safetensors-bundle``) holds its backbone in ``meta[BUNDLED_BACKBONE]``."""
     ckpt_dir = Path(ckpt_dir)
     meta = read_checkpoint_meta(ckpt_dir)
     cfg = from_dict(meta["config"], where=str(ckpt_dir / META_FILE))
@@ -243,6 +245,8 @@ def load_classifier(ckpt_dir: Path, device: torch.device | str = "cpu",
     if adapter_dir is not None:
         check_adapter_files(adapter_dir)
     verify_content(ckpt_dir, meta)
+    if meta.get(BUNDLED_BACKBONE) and backbone_path is None:  # relative to the bundle, wherever it is now
+        backbone_path = ckpt_dir / meta[BUNDLED_BACKBONE]
     if backbone_path is not None:
         cfg = replace(cfg, backbone=replace(cfg.backbone, path=str(backbone_path), random_weights=False))
     elif cfg.backbone.path and not Path(cfg.backbone.path).expanduser().exists():

@@ -58,6 +58,8 @@ PosEmbed = Literal["none", "learned"]
 SegDecoderType = Literal["coarse", "fine"]
 # Experiment trackers (tracking/: TRACKERS); csv is the run directory's own metrics.csv, always written.
 TrackerName = Literal["csv", "tensorboard", "mlflow", "wandb"]
+# `cvsjepa export --format` (export/): not a config key; its choices are defined here once like the others.
+ExportFormat = Literal["safetensors-bundle", "onnx"]
 
 
 @dataclass
