@@ -61,3 +61,55 @@ def one_thread():
             os.environ.pop(k, None)
         else:
             os.environ[k] = v
+
+
+@pytest.fixture(scope="session")
+def tiny_weights_dir(tmp_path_factory) -> Path:
+    """The tiny random V-JEPA 2 backbone saved as a local Hugging Face directory (``backbone.path``)."""
+    from cvsjepa.backbones import build_backbone
+    from cvsjepa.config import BackboneConfig
+
+    out = tmp_path_factory.mktemp("weights") / "vjepa2-tiny"
+    build_backbone(BackboneConfig(preset="tiny")).model.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def ecosystem_run(synth_root, tiny_weights_dir, tmp_path_factory):
+    """A tiny run on a local backbone directory logged to every tracker, then evaluated (few resamples)
+    and diagnosed (attention): what trackers, the card, export and the report read. Python-level
+    connections other than local ones are refused and counted while it trains (``run.attempts``)."""
+    import socket
+    from types import SimpleNamespace
+
+    from cvsjepa.cli import main
+    from tiny_runs import tiny_train_args
+
+    out = tmp_path_factory.mktemp("ecosystem") / "run"
+    attempts: list[str] = []
+    real_connect, real_getaddrinfo = socket.socket.connect, socket.getaddrinfo
+
+    def connect(self, address, *a, **k):
+        if self.family == socket.AF_UNIX or (isinstance(address, tuple) and str(address[0]) in ("127.0.0.1", "::1",
+                                                                                                "localhost")):
+            return real_connect(self, address, *a, **k)
+        attempts.append(f"connect {address}")
+        raise OSError("network blocked by the test")
+
+    def getaddrinfo(host, *a, **k):
+        if str(host) in ("127.0.0.1", "::1", "localhost"):
+            return real_getaddrinfo(host, *a, **k)
+        attempts.append(f"resolve {host}")
+        raise OSError("network blocked by the test")
+
+    args = [a for a in tiny_train_args(synth_root, out) if a != "backbone=tiny"]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(socket.socket, "connect", connect)
+        mp.setattr(socket, "getaddrinfo", getaddrinfo)
+        rc = main(["train", *args, f"backbone.path={tiny_weights_dir}", "train.loggers=[csv,tensorboard,mlflow,wandb]",
+                   "--no-progress"])
+    assert rc == 0
+    assert main(["evaluate", str(out), "--bootstrap", "20", "--time-to-cvs", "keyframes", "--per-video",
+                 "--no-progress", "--device", "cpu"]) == 0
+    assert main(["diagnose", str(out), "attention", "--samples", "1", "--no-progress", "--device", "cpu"]) == 0
+    return SimpleNamespace(path=out, weights=tiny_weights_dir, attempts=attempts)

@@ -73,11 +73,7 @@ def card_context(run: Path | None, ckpt_dir: Path) -> dict[str, Any]:
     if calibration is None and thresholds:
         calibration = thresholds.get("calibration")
     names = list(cfg["data"]["criteria"])
-    metrics = []
-    if evaluation:
-        m, ci = evaluation.get("metrics", {}), evaluation.get("ci95", {})
-        keys = [k.format(n) for k in CARD_METRICS for n in (names if "{}" in k else [None])]
-        metrics = [{"key": k, "value": m.get(k), "ci": ci.get(k)} for k in keys if k in m]
+    metrics = metric_rows(evaluation, names)
     return {
         "name": cfg.get("name", "run"), "description": cfg.get("description", ""), "run": str(run) if run else None,
         "checkpoint": meta, "config": cfg, "backbone": backbone, "fingerprint": meta.get("backbone_fingerprint"),
@@ -89,6 +85,15 @@ def card_context(run: Path | None, ckpt_dir: Path) -> dict[str, Any]:
         "command": "sweep" if (summary or {}).get("sweep") or meta.get("sweep") else "train",
         "config_file": CONFIG_FILE, "not_a_device": NOT_A_DEVICE, "version": __version__,
     }
+
+
+def metric_rows(evaluation: dict | None, names: list[str]) -> list[dict]:
+    """``[{"key": "map", "value": .., "ci": [lo, hi]}, ...]`` of :data:`CARD_METRICS` from an ``eval_<split>.json``."""
+    if not evaluation:
+        return []
+    m, ci = evaluation.get("metrics", {}), evaluation.get("ci95", {})
+    keys = [k.format(n) for k in CARD_METRICS for n in (names if "{}" in k else [None])]
+    return [{"key": k, "value": m.get(k), "ci": ci.get(k)} for k in keys if k in m]
 
 
 def _policies(doc: dict | None, names: list[str]) -> list[dict]:

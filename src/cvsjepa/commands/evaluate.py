@@ -61,6 +61,8 @@ def add_parser(sub) -> None:
                         "declarations fall on keyframes); off")
     e.add_argument("--consecutive", type=float, default=3.0, metavar="K",
                    help="seconds in state cvs in a row before CVS is declared in time-to-CVS (default 3, as predict)")
+    e.add_argument("--report", action="store_true",
+                   help="also write RUN/report.html, the self-contained HTML page of the run (see `cvsjepa report`)")
     add_reopen_args(e)
     e.set_defaults(func=run)
 
@@ -101,6 +103,10 @@ def run(args) -> int:
     print(summary_table(res.report))
     print(decision_summary(res.report, options.policy))
     print(f"wrote {res.files['json']} (+ thresholds, calibration, predictions, PR curves, reliability diagram)")
+    if args.report:
+        from ..report import write_report
+
+        print(f"wrote {write_report(args.run, split=args.split)}")
     return 0
 
 

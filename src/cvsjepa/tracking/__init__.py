@@ -56,6 +56,10 @@ class Tracker:
     def log_epoch(self, step: int, metrics: dict[str, Any]) -> None:
         """One epoch's numbers (``None`` and non-numbers are skipped; NaN is kept: an undefined AP)."""
 
+    def log_history(self, history: list[tuple[int, dict[str, Any]]]) -> None:
+        """After a resume: the epochs the resume state holds, ``[(epoch, metrics)]``, for a tracker that
+        may have lost some of them with the interrupted process (W&B buffers); the others keep theirs."""
+
     def log_summary(self, metrics: dict[str, Any]) -> None:
         """The final numbers of the run (best val mAP, test mAP and APs, ...)."""
 
@@ -76,6 +80,10 @@ class CompositeTracker(Tracker):
     def log_epoch(self, step: int, metrics: dict[str, Any]) -> None:
         for t in self.trackers:
             t.log_epoch(step, metrics)
+
+    def log_history(self, history: list[tuple[int, dict[str, Any]]]) -> None:
+        for t in self.trackers:
+            t.log_history(history)
 
     def log_summary(self, metrics: dict[str, Any]) -> None:
         for t in self.trackers:
@@ -175,4 +183,17 @@ def epoch_metrics(members, epoch: int) -> dict[str, Any]:
             continue
         prefix = f"head{m.index}/" if len(members) > 1 else ""
         out.update({f"{prefix}{k}": v for k, v in m.progress.rows[-1].items()})
+    return out
+
+
+def history_of(members) -> list[tuple[int, dict[str, Any]]]:
+    """Every epoch the members' rows hold (a resume state's), as :func:`epoch_metrics` gives them."""
+    epochs = sorted({r["epoch"] for m in members for r in m.progress.rows})
+    out = []
+    for epoch in epochs:
+        row: dict[str, Any] = {}
+        for m in members:
+            prefix = f"head{m.index}/" if len(members) > 1 else ""
+            row.update({f"{prefix}{k}": v for r in m.progress.rows if r["epoch"] == epoch for k, v in r.items()})
+        out.append((epoch, row))
     return out

@@ -17,6 +17,9 @@ from ..config import RunConfig, to_dict
 from . import Tracker, numbers
 
 
+FLUSH_S = 1.0  # seconds between writes of the .wandb file (W&B's default, 15 s, loses more to a crash)
+
+
 class WandbTracker(Tracker):
     name = "wandb"
 
@@ -31,8 +34,10 @@ class WandbTracker(Tracker):
         import wandb
 
         run_id = (previous or {}).get("run_id")  # None: W&B draws a new id
+        extra = {"x_transaction_log_flush_interval": FLUSH_S} if "x_transaction_log_flush_interval" in \
+            wandb.Settings.model_fields else {}
         settings = wandb.Settings(mode="offline", console="off", save_code=False, disable_git=True,
-                                  x_disable_stats=True, silent=True)
+                                  x_disable_stats=True, silent=True, **extra)
         self.run = wandb.init(project=self.cfg.train.tracker_project, dir=str(self.run_dir.resolve()), id=run_id,
                               name=self.run_dir.name, resume="allow", config=to_dict(self.cfg), mode="offline",
                               settings=settings)
@@ -43,7 +48,13 @@ class WandbTracker(Tracker):
 
     def log_epoch(self, step: int, metrics: dict[str, Any]) -> None:
         self.step = step
-        self.run.log(numbers(metrics), step=step)
+        self.run.log(numbers(metrics), step=step, commit=True)  # committed now, on disk within FLUSH_S
+
+    def log_history(self, history: list[tuple[int, dict[str, Any]]]) -> None:
+        # W&B keeps an interrupted process's last FLUSH_S of records in memory; the resumed segment
+        # logs the saved epochs again, and `wandb sync` keeps the first copy of a step it already has
+        for step, metrics in history:
+            self.run.log(numbers(metrics), step=step, commit=True)
 
     def log_summary(self, metrics: dict[str, Any]) -> None:
         self.run.summary.update({f"final/{k}": v for k, v in numbers(metrics).items()})
@@ -51,7 +62,7 @@ class WandbTracker(Tracker):
     def log_figure(self, path: Path) -> None:
         import wandb
 
-        self.run.log({f"figures/{Path(path).stem}": wandb.Image(str(path))}, step=self.step)
+        self.run.summary[f"figures/{Path(path).stem}"] = wandb.Image(str(path))  # every epoch's step is committed
 
     def close(self, failed: bool = False) -> None:
         if self.run is not None:

@@ -26,7 +26,7 @@ from ..evaluate.segmentation import ConfusionMatrix, constant_prediction_miou
 from ..heads.segmentation import masked_seg_loss
 from ..model import CVSClassifier, count_params
 from ..rundir import STAGE1_BEST_DIR, RunDir
-from ..tracking import tracking
+from ..tracking import history_of, tracking
 from .build import (StagePlan, build_model, classifier_param_groups, load_data, open_run, prepare, run_log, split_labels,
                     stage_plans, with_loaded_backbone)
 from .finish import finish
@@ -170,6 +170,7 @@ def _fit(cfg, model, splits, run: RunDir, device, t0, progress, resume: dict | N
     trainee = ClassifierTrainee(cfg, model, run, device)
     if resume:
         trainee.restore(resume)
+        tracker.log_history(history_of(trainee.members))
         fit.epoch = resume["epoch"]
         log.info("resuming %s after epoch %d (stage %d)", run, resume["epoch"], resume["stage"])
     for plan in stage_plans(cfg):

@@ -36,7 +36,7 @@ from ..heads import TokenLayout, build_head
 from ..heads.bank import HeadBank
 from ..model import CVSClassifier
 from ..rundir import SWEEP_FILE, RunDir, write_csv
-from ..tracking import tracking
+from ..tracking import history_of, tracking
 from .build import StagePlan, load_data, open_run, param_groups, prepare, run_log, stage_plans, with_loaded_backbone
 from .classifier import RunResult
 from .finish import finish
@@ -179,6 +179,7 @@ def sweep(cfg: RunConfig, progress: bool = True) -> RunResult:
         trainee = HeadBankTrainee(cfg, heads, run, device)
         if resume:
             trainee.restore(resume)
+            tracker.log_history(history_of(trainee.members))
             fit.epoch = resume["epoch"]
             log.info("resuming %s after epoch %d", run, resume["epoch"])
         if not (resume and resume["stage_done"]):
