@@ -83,3 +83,54 @@ def test_shipped_configs_load():
 def test_all_keys_lists_leaves():
     keys = dict(all_keys())
     assert keys["train.epochs"] == 15 and "data.root" in keys and "train" not in keys
+
+
+def test_every_key_has_a_one_line_description_from_its_field_comment():
+    from cvsjepa.config_docs import key_docs
+
+    docs = key_docs()
+    assert sorted(docs) == sorted(k for k, _ in all_keys())
+    assert all(d and "\n" not in d for d in docs.values())
+    # a comment at the end of the field's line, or the comment lines right above it (joined)
+    assert docs["train.patience"] == "early stopping on val mAP; 0 = never stop early"
+    assert docs["data.val_fraction"].startswith("SAGES: share of the train videos") and "splits.json" in docs[
+        "data.val_fraction"]
+
+
+def test_config_keys_prints_descriptions_and_choices(capsys):
+    from cvsjepa.cli import main
+
+    assert main(["config-keys", "train.logg"]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    assert len(out) == 1 and out[0].startswith("train.loggers = ['csv']  # experiment trackers")
+    assert out[0].endswith("[choices: csv | tensorboard | mlflow | wandb]")
+    assert main(["config-keys", "nothing.like.this"]) == 2
+
+
+def test_a_bad_tracker_name_is_one_line():
+    import pytest
+
+    from cvsjepa.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="each item of train.loggers must be one of csv, tensorboard, mlflow, wandb"):
+        load_config(overrides=["train.loggers=[csv,neptune]"])
+
+
+def test_train_and_sweep_print_the_config_differences_at_the_start(caplog, tmp_path):
+    import logging
+
+    from cvsjepa.config import changes_from_defaults
+    from cvsjepa.train.build import prepare
+
+    cfg = load_config(overrides=["backbone=tiny", f"data.root={tmp_path}", "train.epochs=2", "train.device=cpu"])
+    assert changes_from_defaults(cfg) == ["backbone.preset = 'tiny'  (default 'vitl')",
+                                          f"data.root = '{tmp_path}'  (default '')",
+                                          "train.device = 'cpu'  (default 'auto')", "train.epochs = 2  (default 15)"]
+    logger = logging.getLogger("cvsjepa")
+    logger.addHandler(caplog.handler)
+    try:
+        prepare(cfg, processes=False)  # train and sweep both start here
+    finally:
+        logger.removeHandler(caplog.handler)
+    assert "config (differences from the defaults):\n  backbone.preset = 'tiny'" in caplog.text
+    assert "train.epochs = 2  (default 15)" in caplog.text

@@ -1,5 +1,5 @@
 """`cvsjepa config-keys`: every config key, its default, its one-line description (the comment on its
-field in config.py, read by ``config.key_docs``) and, for an enumerated key, its choices."""
+field in config.py, read by ``config_docs.key_docs``) and, for an enumerated key, its choices."""
 
 from __future__ import annotations
 
@@ -17,7 +17,8 @@ def add_parser(sub) -> None:
 
 
 def lines(prefix: str = "") -> list[str]:
-    from ..config import all_keys, choices, key_docs
+    from ..config import all_keys, choices
+    from ..config_docs import key_docs
 
     docs = key_docs()
     out = []

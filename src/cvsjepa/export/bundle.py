@@ -14,7 +14,7 @@ is rebuilt from its seed, checked by its fingerprint, and keeps its name "(rando
 
 Before the bundle is moved into place it is loaded back as ``CVSModel`` would load it and run on a
 random clip next to the source model: the largest difference in logits is recorded (0 when nothing
-was merged) and the export fails above :data:`~cvsjepa.export.PARITY_TOLERANCE`.
+was merged) and the export fails above :data:`~cvsjepa.export.folder.PARITY_TOLERANCE`.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from ..config import RunConfig, to_dict
 from ..errors import CheckpointError
 from ..io import atomic_save_safetensors, atomic_write_json, sha256_file
 from ..model import CVSClassifier
-from . import PARITY_TOLERANCE
+from .folder import PARITY_TOLERANCE
 
 BACKBONE_DIR = "backbone"
 

@@ -10,7 +10,7 @@ depend on them.
 
 Each file is checked with onnxruntime (CPU) against torch on the same seeded input, batch 2 and 3;
 the largest absolute differences go into ``cvsjepa_export.json`` and an export above
-:data:`~cvsjepa.export.PARITY_TOLERANCE` fails.
+:data:`~cvsjepa.export.folder.PARITY_TOLERANCE` fails.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from torch import nn
 from ..config import RunConfig
 from ..errors import CheckpointError, ConfigError
 from ..model import CVSClassifier
-from . import PARITY_TOLERANCE
+from .folder import PARITY_TOLERANCE
 from .bundle import effective_backbone
 
 log = logging.getLogger("cvsjepa")

@@ -2,7 +2,7 @@
 
     RUN/report.html (rundir.REPORT_FILE): metrics with 95 % CIs, the training curve, PR and reliability
     plots (raw and calibrated), operating points, time-to-CVS, the per-video table, the attention
-    overlays of `cvsjepa diagnose`, timeline examples, the model card
+    overlays of `cvsjepa diagnose`, timeline examples, the model card (its Markdown rendered by markdown-it-py)
 
 Everything comes from files the run already holds (``eval_<split>.json``, ``predictions_<split>.csv``,
 the PNGs, ``diagnose/``, the card), rendered with the Jinja2 template ``templates/report.html.j2``.
@@ -16,6 +16,9 @@ import base64
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+
+from markdown_it import MarkdownIt
+from markupsafe import Markup
 
 from ..card import card_context, metric_rows
 from ..checkpoint import CARD_FILE
@@ -63,6 +66,7 @@ def build_page(run: RunDir, split: str = "test", timelines: list[Path] = ()) -> 
     evaluation, split = eval_for(run, split)
     card = card_context(run.path, ckpt)
     card_text = (ckpt / CARD_FILE).read_text() if (ckpt / CARD_FILE).is_file() else render("card.md.j2", note="", **card)
+    card_html = MarkdownIt("commonmark", {"html": False}).enable("table").render(card_text)  # raw HTML escaped
     curves = [embed(run / name, title) for name, title in (
         (CURVE_FILE, "training curve"), (pr_curves_file(split), f"precision-recall, {split}"),
         (reliability_file(split), f"reliability, {split} (raw and calibrated)")) if (run / name).is_file()]
@@ -70,7 +74,7 @@ def build_page(run: RunDir, split: str = "test", timelines: list[Path] = ()) -> 
     attention = [embed(p) for p in sorted(diag.glob("*.png"))] if diag.is_dir() else []
     found = sorted(p for p in run.path.rglob("timeline*.png") if "checkpoints" not in p.parts)
     return render("report.html.j2", title=f"{run.name}: CVS report", run=str(run.path), split=split,
-                  evaluation=evaluation, card=card, card_text=card_text, metrics=metric_rows(evaluation, card["criteria"]), curves=curves,
+                  evaluation=evaluation, card=card, card_html=Markup(card_html), metrics=metric_rows(evaluation, card["criteria"]), curves=curves,
                   operating=operating_rows(evaluation), time_to_cvs=time_to_cvs_rows(evaluation),
                   per_video=per_video_rows(run, split, evaluation, tuple(card["criteria"])),
                   attention=attention, timelines=[embed(p, f"timeline: {p.parent.name}") for p in found]
