@@ -137,8 +137,11 @@ def test_resume_continues_the_same_tracker_runs(synth_root, tmp_path):
     out = tmp_path / "run"
     args = [*tiny_train_args(synth_root, out, epochs=3), "train.loggers=[csv,tensorboard,mlflow,wandb]", "--no-progress"]
     killer = Path(__file__).parent / "faults" / "kill_after_steps.py"
+    # its own W&B service, as a separate `cvsjepa train` would have (not this process's, which an earlier
+    # test may have started and whose WANDB_SERVICE a child would inherit and keep the run id busy in)
+    env = {k: v for k, v in os.environ.items() if k != "WANDB_SERVICE"}
     killed = subprocess.run([sys.executable, str(killer), "save:2", "train", *args], capture_output=True, text=True,
-                            timeout=600)
+                            timeout=600, env=env)
     assert killed.returncode == -9, killed.stderr[-2000:]
     first = json.loads((out / TRACKERS_FILE).read_text())
     assert main(["train", "--resume", str(out), "--no-progress"]) == 0
@@ -160,3 +163,30 @@ def test_resume_continues_the_same_tracker_runs(synth_root, tmp_path):
     steps = [{int(r["history"]["item"]["_step"]) for r in _wandb_records(seg) if r["type"] == "history"}
              for seg in segments]
     assert steps[1] == {1, 2, 3} and steps[0] <= {1, 2}
+
+
+@pytest.mark.slow
+def test_a_sweep_logs_every_head_in_one_tracker_run(synth_root, tmp_path):
+    """Each head's metrics.csv columns under head<i>/ per epoch, then the winner's final metrics."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from cvsjepa.config import load_config
+    from cvsjepa.features.extract import extract
+    from cvsjepa.train.sweep import sweep
+
+    common = ["backbone=tiny", f"data.root={synth_root}", "data.frames=4", "data.limit_per_split=16",
+              f"features.store={tmp_path / 'store'}", "head.num_heads=4", "head.mlp_hidden=32", "train.batch_size=8",
+              "train.epochs=2", "train.patience=0"]
+    extract(load_config(None, common), progress=False)
+    result = sweep(load_config(None, [*common, f"out={tmp_path / 'run'}", "sweep.lrs=[3e-3,1e-3]",
+                                      "sweep.weight_decays=[0.01]", "train.loggers=[csv,tensorboard]"]), progress=False)
+    acc = EventAccumulator(str(result.run_dir / "tensorboard"))
+    acc.Reload()
+    with open(result.run_dir / "sweep.csv", newline="") as f:
+        rows = [r for r in csv.DictReader(f) if r["epoch"] != "final"]
+    for head in ("0", "1"):
+        mine = [r for r in rows if r["head"] == head]
+        events = acc.Scalars(f"head{head}/val_map")
+        assert [e.step for e in events] == [1, 2] and all(_same(e.value, r["val_map"]) for e, r in zip(events, mine))
+    assert math.isclose(acc.Scalars("final/test_map")[-1].value, result.summary["test_map"], rel_tol=1e-6)
+    assert "val_map" not in acc.Tags()["scalars"]  # per head only: no unprefixed duplicate
