@@ -120,7 +120,8 @@ def test_train_and_sweep_print_the_config_differences_at_the_start(caplog, tmp_p
     import logging
 
     from cvsjepa.config import changes_from_defaults
-    from cvsjepa.train.build import prepare
+    from cvsjepa.rundir import LOG_FILE, RunDir
+    from cvsjepa.train.build import run_log
 
     cfg = load_config(overrides=["backbone=tiny", f"data.root={tmp_path}", "train.epochs=2", "train.device=cpu"])
     assert changes_from_defaults(cfg) == ["backbone.preset = 'tiny'  (default 'vitl')",
@@ -129,8 +130,10 @@ def test_train_and_sweep_print_the_config_differences_at_the_start(caplog, tmp_p
     logger = logging.getLogger("cvsjepa")
     logger.addHandler(caplog.handler)
     try:
-        prepare(cfg, processes=False)  # train and sweep both start here
+        with run_log(RunDir(tmp_path), cfg):  # train and sweep both log into their run directory through it
+            pass
     finally:
         logger.removeHandler(caplog.handler)
-    assert "config (differences from the defaults):\n  backbone.preset = 'tiny'" in caplog.text
-    assert "train.epochs = 2  (default 15)" in caplog.text
+    for text in (caplog.text, (tmp_path / LOG_FILE).read_text()):
+        assert "config (differences from the defaults):\n  backbone.preset = 'tiny'" in text
+        assert "train.epochs = 2  (default 15)" in text

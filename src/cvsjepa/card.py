@@ -20,6 +20,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from jinja2 import TemplateError
+
 from .checkpoint import CARD_FILE, read_checkpoint_meta
 from .data.transforms import IMAGENET_MEAN, IMAGENET_STD, resize_short_side
 from .io import atomic_write_text
@@ -121,13 +123,13 @@ def write_card(run: RunDir | Path | None, ckpt_dir: Path | None = None, target: 
 
 
 def refresh_card(run: RunDir | Path) -> Path | None:
-    """``write_card`` when the run has a best checkpoint; a failure to write is a warning (the card is
-    a description, never a reason to lose an evaluation)."""
+    """``write_card`` when the run has a best checkpoint; a failure is a warning: the card describes a
+    finished training or evaluation, it is never a reason to lose one."""
     r = run if isinstance(run, RunDir) else RunDir(Path(run))
     if not r.has_best():
         return None
     try:
         return write_card(r.path)
-    except OSError as e:
-        log.warning("could not refresh the model card in %s (%s)", r.best_dir, e)
+    except (OSError, TemplateError, KeyError, TypeError, ValueError) as e:
+        log.warning("could not write the model card in %s (%s: %s)", r.best_dir, type(e).__name__, e)
         return None

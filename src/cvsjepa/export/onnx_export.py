@@ -79,6 +79,10 @@ def _export(module: nn.Module, example: torch.Tensor, path: Path, input_name: st
             torch.onnx.export(module, (example,), str(path), dynamo=True, opset_version=OPSET,
                               input_names=[input_name], output_names=outputs,
                               dynamic_shapes={input_name: {0: batch}}, verbose=False)
+    except Exception as e:  # torch.export / onnxscript cannot express something in this model
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+        raise CheckpointError(f"the ONNX exporter could not export {path.stem} ({type(e).__name__}: {first}); "
+                              f"--format safetensors-bundle works for every backbone") from e
     finally:
         quiet.setLevel(level)
 

@@ -214,12 +214,7 @@ def prepare(cfg: RunConfig, processes: bool = True) -> torch.device:
     check_available(cfg.train.loggers)  # a missing tracker package, before any run directory is claimed
     configure_threads(cfg.train.threads, cfg.data.num_workers)
     seed_everything(cfg.seed)
-    device = (distributed.setup() if processes else None) or resolve_device(cfg.train.device)
-    if distributed.is_main():
-        changed = changes_from_defaults(cfg)
-        log.info("config (%s):%s", "the defaults" if not changed else "differences from the defaults",
-                 "".join(f"\n  {line}" for line in changed))
-    return device
+    return (distributed.setup() if processes else None) or resolve_device(cfg.train.device)
 
 
 def open_run(cfg: RunConfig, splits: dict) -> tuple[RunDir, dict | None]:
@@ -239,11 +234,16 @@ def open_run(cfg: RunConfig, splits: dict) -> tuple[RunDir, dict | None]:
 
 
 @contextmanager
-def run_log(run: RunDir):
-    """The run's log file (rank 0) next to the terminal, for the duration of the block."""
+def run_log(run: RunDir, cfg: RunConfig):
+    """The run's log file (rank 0) next to the terminal, for the duration of the block; it starts
+    with the config's differences from the defaults (the whole config is config.yaml)."""
     handler = logging.FileHandler(run / LOG_FILE) if distributed.is_main() else logging.NullHandler()
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     log.addHandler(handler)
+    if distributed.is_main():
+        changed = changes_from_defaults(cfg)
+        log.info("config (%s):%s", "differences from the defaults" if changed else "the defaults",
+                 "".join(f"\n  {line}" for line in changed))
     try:
         yield
     finally:

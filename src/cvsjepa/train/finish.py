@@ -16,7 +16,7 @@ from ..evaluate.metrics import prevalence
 from ..evaluate.segmentation import ConfusionMatrix, seg_report
 from ..model import CVSClassifier, count_params
 from ..plots import plot_training_curve
-from ..card import write_card
+from ..card import refresh_card
 from ..rundir import CURVE_FILE, run_environment
 from .loop import Fit
 from .members import Member
@@ -73,7 +73,7 @@ def finish(fit: Fit, model: CVSClassifier, best: Member, t0: float, extra: dict 
         fit.tracker.log_summary(final_metrics(summary, tuple(cfg.data.criteria)))
         if (run / CURVE_FILE).is_file():
             fit.tracker.log_figure(run / CURVE_FILE)
-        write_card(run)
+        refresh_card(run)
     return summary
 
 

@@ -170,7 +170,7 @@ def sweep(cfg: RunConfig, progress: bool = True) -> RunResult:
     if run.is_finished():
         log.info("%s already finished; nothing to resume", run)
         return RunResult(run, run.read_summary())
-    with run_log(run), tracking(cfg, run.path, resume["epoch"] if resume else 0) as tracker:
+    with run_log(run, cfg), tracking(cfg, run.path, resume["epoch"] if resume else 0) as tracker:
         log.info("sweep of %d heads (lr %s x wd %s) from feature store %s (%s tokens x %s %s per clip); run "
                  "directory %s", len(grid), cfg.sweep.lrs, cfg.sweep.weight_decays, cfg.features.store,
                  layout["tokens_per_clip"], layout["embed_dim"], layout["dtype"], run)
