@@ -92,7 +92,7 @@ def test_every_key_has_a_one_line_description_from_its_field_comment():
     assert sorted(docs) == sorted(k for k, _ in all_keys())
     assert all(d and "\n" not in d for d in docs.values())
     # a comment at the end of the field's line, or the comment lines right above it (joined)
-    assert docs["train.patience"] == "early stopping on val mAP; 0 = never stop early"
+    assert docs["train.grad_clip"] == "max gradient norm; 0 = off"
     assert docs["data.val_fraction"].startswith("SAGES: share of the train videos") and "splits.json" in docs[
         "data.val_fraction"]
 

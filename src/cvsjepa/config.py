@@ -161,7 +161,7 @@ class TrainConfig:
     # steps on Endoscapes2023's 6,960 train keyframes but ~100 on 200). train/build.py: stage_budget.
     epochs: int = 15
     steps: int = 0  # budget in optimizer steps; 0 = use train.epochs (the last epoch is cut at the step)
-    batch_size: int = 32
+    batch_size: int = 32  # clips per micro-batch (the global batch under DDP)
     grad_accum: int = 1  # micro-batches per optimiser step (effective batch = batch_size * grad_accum)
     lr: float = 5e-4  # head learning rate
     weight_decay: float = 0.01  # AdamW weight decay of matrices (biases and norms: none)
