@@ -55,7 +55,8 @@ def _first(*paths: Path) -> tuple[dict | None, Path | None]:
 
 def preprocessing(crop: int, frames: int, stride: int) -> dict[str, Any]:
     """The input a checkpoint expects (data/transforms.py is the one implementation)."""
-    return {"frames": frames, "stride_s": stride, "fps": 1.0, "crop": crop, "resize_short_side": resize_short_side(crop),
+    return {"frames": frames, "stride_s": stride, "fps": 1.0, "crop": crop,
+            "resize_short_side": resize_short_side(crop),
             "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD),
             "steps": f"1 fps frames; a causal clip of {frames} frames {stride} s apart ending at the keyframe; "
                      f"resize the short side to {resize_short_side(crop)} (bilinear, antialiased), center-crop "

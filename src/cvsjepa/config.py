@@ -209,7 +209,8 @@ class FeaturesConfig:
 @dataclass
 class SweepConfig:
     """`cvsjepa sweep`: K = len(lrs) * len(weight_decays) heads trained at once from a feature store."""
-    lrs: list[float] = field(default_factory=lambda: [5e-3, 3e-3, 1e-3, 3e-4, 1e-4])  # head learning rates (the official V-JEPA 2 grid)
+    # head learning rates (the official V-JEPA 2 grid)
+    lrs: list[float] = field(default_factory=lambda: [5e-3, 3e-3, 1e-3, 3e-4, 1e-4])
     weight_decays: list[float] = field(default_factory=lambda: [0.01, 0.1, 0.4, 0.8])  # crossed with lrs
 
 

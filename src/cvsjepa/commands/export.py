@@ -47,6 +47,7 @@ def run(args) -> int:
         print(f"wrote {res.out}: model.onnx + head.onnx (opset {n['opset']}); onnxruntime vs torch max abs diff "
               + ", ".join(f"{k} {v:.2g}" for k, v in diffs.items()))
     else:
-        print(f"wrote {res.out}: a self-contained bundle ({'backbone weights included' if n['backbone_shipped'] else 'random preset rebuilt from its seed'}"
-              f"{', LoRA merged' if n['lora_merged'] else ''}); bundle vs run max abs logit diff {n['max_abs_logit_diff']:.2g}")
+        backbone = "backbone weights included" if n["backbone_shipped"] else "random preset rebuilt from its seed"
+        print(f"wrote {res.out}: a self-contained bundle ({backbone}{', LoRA merged' if n['lora_merged'] else ''}); "
+              f"bundle vs run max abs logit diff {n['max_abs_logit_diff']:.2g}")
     return 0

@@ -47,7 +47,8 @@ def embed(path: Path, title: str | None = None) -> Figure:
     data = Path(path).read_bytes()
     if not data.startswith(PNG_SIGNATURE):
         raise ConfigError(f"{path} is not a PNG file; cannot embed it in the report")
-    return Figure(title or Path(path).stem.replace("_", " "), "data:image/png;base64," + base64.b64encode(data).decode())
+    uri = "data:image/png;base64," + base64.b64encode(data).decode()
+    return Figure(title or Path(path).stem.replace("_", " "), uri)
 
 
 def _timelines(paths: list[Path]) -> list[Figure]:
@@ -55,7 +56,8 @@ def _timelines(paths: list[Path]) -> list[Figure]:
     for p in paths:
         png = p / "timeline.png" if p.is_dir() else p
         if not png.is_file():
-            raise ConfigError(f"--timeline {p}: no timeline.png there (write one with `cvsjepa predict VIDEO --run RUN`)")
+            raise ConfigError(f"--timeline {p}: no timeline.png there (write one with "
+                              f"`cvsjepa predict VIDEO --run RUN`)")
         out.append(embed(png, f"timeline: {png.parent.name}"))
     return out
 
@@ -65,7 +67,8 @@ def build_page(run: RunDir, split: str = "test", timelines: list[Path] = ()) -> 
     ckpt = run.require_best()
     evaluation, split = eval_for(run, split)
     card = card_context(run.path, ckpt)
-    card_text = (ckpt / CARD_FILE).read_text() if (ckpt / CARD_FILE).is_file() else render("card.md.j2", note="", **card)
+    card_file = ckpt / CARD_FILE
+    card_text = card_file.read_text() if card_file.is_file() else render("card.md.j2", note="", **card)
     card_html = MarkdownIt("commonmark", {"html": False}).enable("table").render(card_text)  # raw HTML escaped
     curves = [embed(run / name, title) for name, title in (
         (CURVE_FILE, "training curve"), (pr_curves_file(split), f"precision-recall, {split}"),
@@ -74,7 +77,8 @@ def build_page(run: RunDir, split: str = "test", timelines: list[Path] = ()) -> 
     attention = [embed(p) for p in sorted(diag.glob("*.png"))] if diag.is_dir() else []
     found = sorted(p for p in run.path.rglob("timeline*.png") if "checkpoints" not in p.parts)
     return render("report.html.j2", title=f"{run.name}: CVS report", run=str(run.path), split=split,
-                  evaluation=evaluation, card=card, card_html=Markup(card_html), metrics=metric_rows(evaluation, card["criteria"]), curves=curves,
+                  evaluation=evaluation, card=card, card_html=Markup(card_html),
+                  metrics=metric_rows(evaluation, card["criteria"]), curves=curves,
                   operating=operating_rows(evaluation), time_to_cvs=time_to_cvs_rows(evaluation),
                   per_video=per_video_rows(run, split, evaluation, tuple(card["criteria"])),
                   attention=attention, timelines=[embed(p, f"timeline: {p.parent.name}") for p in found]

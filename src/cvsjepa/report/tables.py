@@ -24,7 +24,8 @@ def operating_rows(evaluation: dict | None) -> list[dict]:
         return []
     rows = []
     for policy, p in evaluation["operating_points"]["policies"].items():
-        parts = [*p.get("criteria", {}).items(), ("full CVS", p.get("full_cvs") or {}), ("decision", p.get("decision") or {})]
+        parts = [*p.get("criteria", {}).items(), ("full CVS", p.get("full_cvs") or {}),
+                 ("decision", p.get("decision") or {})]
         for name, r in parts:
             ci = r.get("ci95", {})
             rows.append({"policy": policy, "target": p.get("target"), "what": name, "threshold": r.get("threshold"),

@@ -108,7 +108,8 @@ def chosen(loggers: list[str]) -> list[str]:
     names = list(dict.fromkeys(loggers))
     unknown = [n for n in names if n not in (BUILT_IN, *TRACKERS)]
     if unknown:  # config.py's Literal refuses these first; this guards callers that build configs by hand
-        raise ConfigError(f"train.loggers: unknown tracker(s) {unknown}; choose from {', '.join(get_args(TrackerName))}")
+        raise ConfigError(f"train.loggers: unknown tracker(s) {unknown}; choose from "
+                          f"{', '.join(get_args(TrackerName))}")
     return [n for n in names if n != BUILT_IN]
 
 

@@ -150,7 +150,8 @@ def train(cfg: RunConfig, progress: bool = True) -> RunResult:
         return RunResult(run, run.read_summary())
     failed = True
     try:
-        with run_log(run, cfg), tracking(cfg, run.path, resume["epoch"] if resume else 0, distributed.is_main()) as tracker:
+        done = resume["epoch"] if resume else 0
+        with run_log(run, cfg), tracking(cfg, run.path, done, distributed.is_main()) as tracker:
             result = _fit(cfg, model, splits, run, device, t0, progress and distributed.is_main(), resume, tracker)
         failed = False
         return result
