@@ -39,7 +39,9 @@ TargetMode = Literal["hard", "soft"]
 BadSamplePolicy = Literal["error", "skip"]
 BackboneFamily = Literal["vjepa2", "vjepa21", "videomae", "dinov2", "dinov3"]  # = backbones.registry.FAMILIES
 AttnImplementation = Literal["sdpa", "eager"]
-HeadType = Literal["attentive", "linear"]
+ClipHeadType = Literal["attentive", "linear"]  # heads over a clip's tokens
+TemporalHeadType = Literal["temporal_gated", "temporal_gru"]  # heads over a keyframe's history of per-second embeddings
+HeadType = Literal[ClipHeadType, TemporalHeadType]  # = heads.registry.HEADS
 LossType = Literal["bce", "focal"]
 AdaptMode = Literal["frozen", "unfreeze", "lora"]
 Stage2Mode = Literal["unfreeze", "lora"]
@@ -47,6 +49,7 @@ SamplerType = Literal["random", "balanced"]
 NonFinitePolicy = Literal["error", "skip"]
 StoreDtype = Literal["float16", "bfloat16", "float32", "int8", "float8_e4m3"]
 StorePool = Literal["none", "avg2x2"]
+SecondPoolerKind = Literal["mean", "run"]  # how extract pools a second's clip tokens (heads/pooler.py)
 MaskSource = Literal["auto", "semseg", "coco"]
 # Operating-point policies (evaluate/operating_points.py: POLICIES), for `predict --policy` and
 # `evaluate --policy`: not a config key, but its choices are defined here once like the others.
@@ -114,6 +117,14 @@ class HeadConfig:
     # time, row, column), summed; starts at 0, so it begins as `none` (heads/positions.py). Default
     # none: no measurable difference on the synthetic data (docs/benchmarks.md, 5 seeds, paired)
     pos_embed: PosEmbed = "none"
+    # temporal heads (type temporal_gated | temporal_gru, heads/temporal.py) read per-second embeddings
+    # from a feature store (features.seconds) instead of a clip's tokens; the output at second t depends
+    # only on seconds <= t. A keyframe at t sees every second of the last history_dense seconds (t, t-1,
+    # ...), then every history_stride-th second further back, up to history_seconds before t ("multi-scale")
+    history_seconds: int = 64  # W: how far back the head sees, in seconds (t itself included)
+    history_dense: int = 16  # the most recent seconds, every one of them
+    history_stride: int = 4  # then one second in every history_stride, back to t - history_seconds + 1
+    temporal_dim: int = 256  # width the per-second embeddings are projected to (head.num_heads must divide it)
 
 
 @dataclass
@@ -204,6 +215,13 @@ class FeaturesConfig:
     splits: list[str] = field(default_factory=list)  # splits to extract; empty = data.train/val/test_split
     shard_clips: int = 256  # clips per shard file
     batch_size: int = 8  # clips per backbone forward during extraction
+    # extract also stores one embedding per 1 fps second of every video of the extracted splits: the
+    # causal clip ending at that second (as predict sees it), pooled; what temporal heads train on
+    seconds: bool = False
+    # how a second's clip tokens become one embedding: mean = their mean | run = the pooled query of
+    # features.pooler_run's head (its representation before the classifier MLP), a stage-1 clip model
+    second_pooler: SecondPoolerKind = "mean"
+    pooler_run: str = ""  # second_pooler=run: the stage-1 run directory (or its checkpoints/best)
 
 
 @dataclass
@@ -442,6 +460,7 @@ def validate(cfg: RunConfig) -> None:
         if cfg.data.view == "three_crops":
             raise ConfigError("seg.enabled with data.view=three_crops would score overlapping crops twice; use "
                               "data.view=center or letterbox for multi-task training")
+    _validate_temporal(cfg)
     if cfg.features.views > 1 and cfg.data.view != "center":
         raise ConfigError(f"features.views={cfg.features.views} shifts the center crop (test-time views); with "
                           f"data.view={cfg.data.view} the model already sees the whole frame: set features.views=1")
@@ -451,6 +470,32 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError(f"data.val_fraction must be in [0, 1), got {cfg.data.val_fraction}")
     if len(cfg.data.criteria) != 3:
         raise ConfigError(f"data.criteria must name the 3 CVS criteria, got {cfg.data.criteria}")
+
+
+def is_temporal(head_type: str) -> bool:
+    """Whether ``head.type`` reads per-second histories (a temporal head) rather than clip tokens."""
+    return head_type in get_args(TemporalHeadType)
+
+
+def _validate_temporal(cfg: RunConfig) -> None:
+    """Temporal heads train from per-second embeddings in a feature store, two-stage."""
+    h, f = cfg.head, cfg.features
+    if f.seconds and f.second_pooler == "run" and not f.pooler_run:
+        raise ConfigError("features.second_pooler=run pools each second with a trained run's head: name it with "
+                          "features.pooler_run=RUN (a `cvsjepa train` run directory)")
+    if not is_temporal(h.type):
+        return
+    if not f.store or not f.seconds:
+        raise ConfigError(f"head.type={h.type} trains on per-second embeddings: set features.seconds=true and "
+                          f"features.store=DIR (written by `cvsjepa extract` with the same settings)")
+    if cfg.train.mixup_alpha or cfg.train.cutmix_alpha:
+        raise ConfigError(f"head.type={h.type}: MixUp/CutMix would mix histories of different lengths; turn them off")
+    for key, value, low in (("head.history_seconds", h.history_seconds, 1), ("head.history_dense", h.history_dense, 1),
+                            ("head.history_stride", h.history_stride, 1), ("head.temporal_dim", h.temporal_dim, 1)):
+        if value < low:
+            raise ConfigError(f"{key} must be >= {low}, got {value}")
+    if h.history_dense > h.history_seconds:
+        raise ConfigError(f"head.history_dense={h.history_dense} must be <= head.history_seconds={h.history_seconds}")
 
 
 def _validate_budget(t: TrainConfig) -> None:

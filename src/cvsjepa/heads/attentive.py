@@ -219,6 +219,11 @@ class AttentiveHead(nn.Module):
     def forward(self, tokens: Tensor, return_attention: bool = False) -> Tensor | tuple[Tensor, Tensor]:
         """``tokens [B, N, D]`` -> ``logits [B, num_classes]``; with ``return_attention`` also the
         cross-attention weights ``[B, num_heads, num_queries, N]`` (softmax over N)."""
+        q, attn = self._pooled(tokens, return_attention)
+        logits = self.classify(q)
+        return (logits, attn) if return_attention else logits
+
+    def _pooled(self, tokens: Tensor, return_attention: bool = False) -> tuple[Tensor, Tensor | None]:
         if tokens.ndim != 3 or tokens.shape[-1] != self.embed_dim:
             raise ValueError(f"AttentiveHead expects tokens [B, N, {self.embed_dim}], got {tuple(tokens.shape)}")
         x = tokens.to(self.query.dtype)  # the feature store keeps fp16; compute in the head's dtype
@@ -226,9 +231,18 @@ class AttentiveHead(nn.Module):
             x = self.pos(x)
         for blk in self.blocks:
             x = blk(x)
-        q, attn = self.pool(self.query[0], x, return_attention)
-        logits = self.classify(q)
-        return (logits, attn) if return_attention else logits
+        return self.pool(self.query[0], x, return_attention)
+
+    @property
+    def representation_dim(self) -> int:
+        """Width of :meth:`embed`: Q D (the pooled queries, concatenated)."""
+        return self.embed_dim * self.num_queries
+
+    def embed(self, tokens: Tensor) -> Tensor:
+        """``tokens [B, N, D]`` -> the pooled queries before the final norm, concatenated ``[B, Q D]``:
+        what :meth:`classify` reads (``classify(embed(x).view(B, Q, D)) == forward(x)``). The
+        per-second pooler of a temporal run (``features.second_pooler=run``)."""
+        return self._pooled(tokens)[0].flatten(1)
 
     def classify(self, q: Tensor) -> Tensor:
         """The pooled queries ``[B, Q, D]`` -> logits ``[B, num_classes]`` (final norm, then the MLP)."""

@@ -16,7 +16,8 @@ an inactive head (not in ``members``) is not computed and gets no gradient.
 
 Any other head (deeper attentive heads, whose self-attention blocks differ per head; heads with
 learned positions, ``head.pos_embed``, whose tokens differ per head; the mean-pool probe) runs on
-its own over the tokens cast once.
+its own over the tokens cast once; temporal heads (``temporal.py``) run on their own over the
+batch's history (:meth:`HeadBank.run` takes the batch and gives each head the inputs it reads).
 
 Numerics: head k's logits equal its own ``head(tokens)`` up to float rounding (the shared product
 sums in another blocking than a product of head k's columns alone; measured ~1e-7 relative).
@@ -28,6 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from .attentive import AttentiveHead, attention_weights
+from .registry import TOKENS_KEY, head_args, head_input
 
 
 def _pools_on_tokens(head: nn.Module) -> bool:
@@ -43,6 +45,14 @@ class HeadBank(nn.Module):
     def __init__(self, heads: list[nn.Module]):
         super().__init__()
         self.heads = nn.ModuleList(heads)
+
+    def run(self, batch: dict, members: list[int] | None = None) -> list[Tensor]:
+        """The chosen heads' logits on a batch: clip heads over ``batch["tokens"]`` (shared work, see
+        :meth:`forward`); temporal heads, each on its own, over ``history`` and ``history_mask``."""
+        chosen = list(range(len(self.heads))) if members is None else list(members)
+        if chosen and head_input(self.heads[chosen[0]]) != TOKENS_KEY:
+            return [self.heads[i](*head_args(self.heads[i], batch)) for i in chosen]
+        return self(batch[TOKENS_KEY], chosen)
 
     def forward(self, tokens: Tensor, members: list[int] | None = None) -> list[Tensor]:
         chosen = [self.heads[i] for i in (range(len(self.heads)) if members is None else members)]

@@ -22,9 +22,16 @@ class MeanPoolHead(nn.Module):
         else:
             self.classifier = nn.Sequential(nn.Dropout(dropout), nn.Linear(embed_dim, num_classes))
 
+    @property
+    def representation_dim(self) -> int:
+        return self.norm.normalized_shape[0]
+
+    def embed(self, tokens: torch.Tensor) -> torch.Tensor:
+        """``[B, N, D]`` -> ``[B, D]``: the mean the final norm reads (a per-second pooler)."""
+        return tokens.to(self.norm.weight.dtype).mean(dim=1)
+
     def forward(self, tokens: torch.Tensor, return_attention: bool = False):
-        x = tokens.to(self.norm.weight.dtype)
-        logits = self.classifier(self.norm(x.mean(dim=1)))
+        logits = self.classifier(self.norm(self.embed(tokens)))
         if not return_attention:
             return logits
         b, n = tokens.shape[:2]
