@@ -13,6 +13,9 @@
                     data.view=three_crops: the 3 crops' tokens concatenated along the token axis, as the
                     model does (one stored view of 3 N tokens; layout "spatial_views": 3)
         write the shard atomically with its checksum, then list it in the manifest
+    features.seconds=true: the same again over every 1 fps second of the same videos (the causal clip
+        ending there), each clip's tokens pooled to one embedding (features/seconds.py), shards of
+        [seconds, E] float32 listed under the manifest's "seconds"
 
 Interrupting (Ctrl-C, kill -9, a full disk) loses at most the shard in progress; running the same
 command again continues from the first shard the manifest does not list.
@@ -20,17 +23,17 @@ command again continues from the first shard the manifest does not list.
 
 from __future__ import annotations
 
-import functools
 import logging
 import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from .. import distributed
@@ -38,15 +41,17 @@ from ..backbones import build_backbone
 from ..config import RunConfig
 from ..data.endoscapes import Sample
 from ..data.index import load_indices, split_names
-from ..data.transforms import preprocess_frame, view_count
-from ..data.video_frames import FrameSource, VideoFrame, read_pixels
+from ..data.transforms import view_count
+from ..data.video_frames import VideoFrame
 from ..errors import ConfigError, DataError
 from ..rundir import with_saved_splits, write_split_file
 from ..runtime import configure_threads, resolve_device
+from .chunks import ClipViewChunks
 from .encoding import encoding_of
+from .seconds import plan_seconds, seconds_compute, seconds_kind, video_rows
 from .store import FeatureStore, clip_hash, store_key
 from .writer import RankShardWriter, StoreWriter
-from .views import MAX_VIEWS, VIEW_NAMES, preprocess_views
+from .views import MAX_VIEWS, VIEW_NAMES
 
 log = logging.getLogger("cvsjepa")
 
@@ -95,6 +100,9 @@ class ExtractResult:
     stats: ExtractStats
     total_clips: int
     layout: dict = field(default_factory=dict)
+    seconds: ExtractStats | None = None  # the per-second phase (features.seconds), when asked
+    seconds_total: int = 0  # seconds the store holds for the extracted splits
+    seconds_layout: dict = field(default_factory=dict)
 
 
 def check_features_config(cfg: RunConfig) -> None:
@@ -132,69 +140,6 @@ def pool_tokens(tokens: torch.Tensor, grid: tuple[int, int, int], pool: str) -> 
     return x.reshape(b, n // 4, d), (t, h // 2, w // 2), levels
 
 
-class ClipViewChunks(Dataset):
-    """Item ``i``: the chunk ``chunks[i]`` of consecutive clips as ``video [B, views, T, 3, crop, crop]``,
-    an ``ok`` mask (False: a frame failed under on_bad_sample=skip; its video is zeros), and the
-    decode / preprocess seconds and decode counts it cost in this process. Preprocessed frames are
-    cached by path, so consecutive chunks in one process decode each JPEG once; clips of video files
-    come from whole decoded videos (``cache_videos`` kept), so each video is decoded once."""
-
-    def __init__(self, chunks: list[list[Sample]], crop: int, views: int, cache_frames: int, on_bad_sample: str,
-                 cache_videos: int = 2, view: str = "center"):
-        self.chunks, self.crop, self.on_bad_sample, self.view = chunks, crop, on_bad_sample, view
-        # stacked views per clip: the shifted center crops, or the spatial views of data.view
-        self.views = views if view == "center" else view_count(view)
-        self.cache = FrameSource(functools.partial(read_pixels, transform=self._views), self._views,
-                                 cache_frames, cache_videos)
-        self.cache.need(r for c in chunks for s in c for r in s.clip_paths)
-        self._preprocess_s = 0.0
-
-    def __len__(self) -> int:
-        return len(self.chunks)
-
-    def _views(self, pixels: torch.Tensor) -> torch.Tensor:
-        """uint8 ``[H, W, 3]`` -> the views' crops ``[V, 3, crop, crop]``."""
-        t0 = time.perf_counter()
-        if self.view == "center":
-            views = preprocess_views(pixels.unsqueeze(0), self.crop, self.views)[:, 0]
-        else:
-            views = preprocess_frame(pixels, self.crop, self.view)
-            views = views if views.ndim == 4 else views[None]
-        self._preprocess_s += time.perf_counter() - t0
-        return views
-
-    def _spent(self) -> dict:
-        """Cumulative preprocessing seconds and decode counts (JPEGs, whole videos) of this process."""
-        return {"preprocess_s": self._preprocess_s, "decodes": self.cache.frames.misses,
-                "video_decodes": sum(self.cache.videos.decodes.values())}
-
-    def __getitem__(self, i: int) -> dict:
-        before = self._spent()
-        t0 = time.perf_counter()
-        clips, ok = [], []
-        for s in self.chunks[i]:
-            try:
-                frames = [self.cache.get(p) for p in s.clip_paths]  # each [V, 3, crop, crop]
-                clips.append(torch.stack(frames, dim=1))  # [V, T, 3, crop, crop]
-                ok.append(True)
-            except DataError as e:
-                if self.on_bad_sample == "error":
-                    raise
-                log.warning("skipping keyframe %s (on_bad_sample=skip): %s", s.sample_id, e)
-                clips.append(None)
-                ok.append(False)
-        shape = next((c.shape for c in clips if c is not None), (self.views, len(self.chunks[i][0].clip_paths), 3,
-                                                                  self.crop, self.crop))
-        video = torch.stack([c if c is not None else torch.zeros(shape) for c in clips])
-        after = self._spent()
-        preprocess = after["preprocess_s"] - before["preprocess_s"]
-        return {"video": video, "ok": torch.tensor(ok),
-                # everything but preprocessing and stacking is reading and decoding (JPEG or video)
-                "decode_s": max(0.0, time.perf_counter() - t0 - preprocess), "preprocess_s": preprocess,
-                "decodes": after["decodes"] - before["decodes"],
-                "video_decodes": after["video_decodes"] - before["video_decodes"]}
-
-
 def extract(cfg: RunConfig, progress: bool = True) -> ExtractResult:
     """Fill (or finish) the feature store ``cfg.features.store``; see the module docstring."""
     t_start = time.perf_counter()
@@ -212,6 +157,21 @@ def extract(cfg: RunConfig, progress: bool = True) -> ExtractResult:
         distributed.teardown(failed)
 
 
+@dataclass
+class _Phase:
+    """What one pass of extraction writes: the keyframe token shards (``kind`` None) or the
+    per-second embeddings of an artifact (:mod:`.seconds`). ``compute(video [B, V, T, 3, c, c]) ->
+    (rows [B, ...], layout)``; ``views``: the stacked views of each clip handed to it."""
+    kind: str | None
+    samples: dict[str, list[Sample]]
+    views: int
+    compute: Callable[[torch.Tensor], tuple[np.ndarray, dict]]
+    unit: str  # "clip" | "second": what the progress bar and the logs count
+    crop: int = 0  # the backbone's crop size
+    key: dict | None = None  # the per-second artifact's key
+    extra: Callable[[list[Sample]], dict] | None = None  # more fields of a split's manifest entry
+
+
 def _extract(cfg: RunConfig, device, progress: bool, t_start: float) -> "ExtractResult":
     backbone = build_backbone(cfg.backbone, device=device).freeze()
     if cfg.data.frames % backbone.tubelet_size:
@@ -221,73 +181,135 @@ def _extract(cfg: RunConfig, device, progress: bool, t_start: float) -> "Extract
     if not names:
         raise ConfigError("no split to extract: set features.splits=[train,val,...] or data.*_split")
     indices = load_indices(with_saved_splits(cfg, Path(cfg.features.store)), names)
-    key = store_key(cfg, backbone)
-    stats = ExtractStats()
+    phases = [_Phase(None, {n: indices[n].samples for n in names}, cfg.features.views,
+                     _token_compute(cfg, backbone, device), "clip", backbone.crop_size)]
+    if cfg.features.seconds:  # then every second of the same videos, pooled (features/seconds.py)
+        pooler, key, kind = seconds_kind(cfg, backbone)
+        phases.append(_Phase(kind, plan_seconds(indices, names, cfg.data.frames, cfg.data.stride), 1,
+                             seconds_compute(cfg, backbone, pooler, device), "second", backbone.crop_size, key,
+                             lambda samples: {"video_rows": video_rows(samples)}))
     rank, world = distributed.world()
+    results = []
     if rank != 0:  # rank 0 owns the manifest; the others get its plan and write their own shards
-        work, total, clips_before, plan = distributed.gather_objects(None)[0]
-        writer = RankShardWriter(cfg.features.store, plan)
-        _run(cfg, backbone, device, writer, indices, work[rank::world], total, stats, False)
-        distributed.gather_objects((writer.written, writer.layout))
-        stats.wall_s = time.perf_counter() - t_start
-        return ExtractResult(Path(cfg.features.store), stats, total, writer.layout or {})
-    with StoreWriter(cfg.features.store, key, backbone.describe(), cfg.features.shard_clips) as writer:
-        write_split_file(writer.root, indices)  # SAGES: the draw the store's splits hold, for train/sweep to reuse
-        work: list[tuple[str, int]] = []
-        total = 0
-        for name in names:
-            samples = indices[name].samples
-            if not samples:
-                raise DataError(f"split '{name}' of {cfg.data.root} has no keyframe clip to extract")
-            todo = writer.plan_split(name, [s.sample_id for s in samples], [clip_hash(s.clip_frames) for s in samples])
-            work += [(name, k) for k in todo]
-            total += len(samples)
-        stats.clips_before = total - sum(len(writer.shard_rows(n, k)) for n, k in work)
-        if world > 1:
-            plan = {n: (len(e["sample_ids"]), e["shard_clips"]) for n, e in writer.manifest["splits"].items()}
-            distributed.gather_objects((work, total, stats.clips_before, plan))
-            mine = work[0::world]
-            if mine:
-                _run(cfg, backbone, device, writer, indices, mine, total, stats, progress)
-            for written, layout in distributed.gather_objects(([], None))[1:]:
-                if layout and not writer.manifest["layout"]:
-                    writer.set_layout(layout)
-                for split, k, entry in written:
-                    writer.record_shard(split, k, entry)
-            work = []  # done: skip the single-process path below
-        if not work and world > 1:
-            log.info("feature store %s: %d processes wrote their shards", writer.root, world)
-        elif not work:
-            log.info("feature store %s is complete (%d clips); nothing to extract", writer.root, total)
-        else:
-            if stats.clips_before:
-                log.info("resuming feature store %s: %d of %d clips already stored", writer.root,
-                         stats.clips_before, total)
-            _run(cfg, backbone, device, writer, indices, work, total, stats, progress)
-        layout = writer.manifest["layout"]
-    stats.wall_s = time.perf_counter() - t_start
-    if stats.clips:
-        per = (f"{stats.decodes_per_video:.2f} decodes per video" if stats.distinct_videos else
-               f"{stats.decodes_per_jpeg:.2f} decodes per JPEG")
-        log.info("extracted %d clips in %.1f s (%.2f clips/s): decode %.1f s, preprocess %.1f s, forward %.1f s, "
-                 "write %.1f s; %s; %s per clip", stats.clips, stats.wall_s, stats.clips_per_s,
-                 stats.decode_s, stats.preprocess_s, stats.forward_s, stats.write_s, per,
-                 _human(layout.get("bytes_per_clip", 0)))
-    return ExtractResult(Path(cfg.features.store), stats, total, layout)
+        for phase in phases:
+            stats = ExtractStats()
+            work, total, stats.clips_before, plan = distributed.gather_objects(None)[0]
+            writer = RankShardWriter(cfg.features.store, plan)
+            _run(cfg, device, writer, phase, work[rank::world], total, stats, False)
+            distributed.gather_objects((writer.written, writer.layout))
+            stats.wall_s = time.perf_counter() - t_start
+            results.append((stats, total, writer.layout or {}))
+    else:
+        with StoreWriter(cfg.features.store, store_key(cfg, backbone), backbone.describe(),
+                         cfg.features.shard_clips) as writer:
+            write_split_file(writer.root, indices)  # SAGES: the draw the store's splits hold, for train/sweep
+            for phase in phases:
+                t0 = time.perf_counter()
+                stats = ExtractStats()
+                total = _plan_and_run(cfg, device, writer, phase, progress, world, stats)
+                stats.wall_s = time.perf_counter() - (t_start if phase.kind is None else t0)
+                layout = writer.manifest["layout"] if phase.kind is None else writer.manifest["seconds"][phase.kind][
+                    "layout"]
+                _log_phase(phase, stats, layout)
+                results.append((stats, total, layout))
+    (stats, total, layout), seconds = results[0], (results[1] if len(results) > 1 else None)
+    return ExtractResult(Path(cfg.features.store), stats, total, layout,
+                         seconds=None if seconds is None else seconds[0],
+                         seconds_total=0 if seconds is None else seconds[1],
+                         seconds_layout={} if seconds is None else seconds[2])
 
 
-def _run(cfg, backbone, device, writer: StoreWriter, indices, work, total, stats: ExtractStats, progress) -> None:
-    bs, views, frames = cfg.features.batch_size, cfg.features.views, cfg.data.frames
+def _plan_and_run(cfg, device, writer: StoreWriter, phase: _Phase, progress: bool, world: int,
+                  stats: ExtractStats) -> int:
+    """Rank 0: record the phase's splits in the manifest (or check them), then extract what is missing
+    (with the other ranks under DDP). Returns the number of clips the phase holds."""
+    if phase.kind is not None:
+        writer.open_seconds(phase.kind, phase.key)
+    work: list[tuple[str, int]] = []
+    total = 0
+    for name, samples in phase.samples.items():
+        if not samples:
+            raise DataError(f"split '{name}' of {cfg.data.root} has no keyframe clip to extract")
+        todo = writer.plan_split(name, [s.sample_id for s in samples], [clip_hash(s.clip_frames) for s in samples],
+                                 kind=phase.kind, extra=phase.extra(samples) if phase.extra else None)
+        work += [(name, k) for k in todo]
+        total += len(samples)
+    stats.clips_before = total - sum(len(writer.shard_rows(n, k, phase.kind)) for n, k in work)
+    what = "clips" if phase.kind is None else f"seconds ({phase.kind})"
+    if world > 1:
+        plan = {n: (len(e["sample_ids"]), e["shard_clips"]) for n, e in writer._entries(phase.kind).items()}
+        distributed.gather_objects((work, total, stats.clips_before, plan))
+        mine = work[0::world]
+        if mine:
+            _run(cfg, device, writer, phase, mine, total, stats, progress)
+        for written, layout in distributed.gather_objects(([], None))[1:]:
+            if layout:
+                _set_layout(writer, phase, layout)
+            for split, k, entry in written:
+                writer.record_shard(split, k, entry, phase.kind)
+        log.info("feature store %s: %d processes wrote their shards of %s", writer.root, world, what)
+    elif not work:
+        log.info("feature store %s is complete (%d %s); nothing to extract", writer.root, total, what)
+    else:
+        if stats.clips_before:
+            log.info("resuming feature store %s: %d of %d %s already stored", writer.root, stats.clips_before, total,
+                     what)
+        _run(cfg, device, writer, phase, work, total, stats, progress)
+    return total
+
+
+def _set_layout(writer, phase: _Phase, layout: dict) -> None:
+    if phase.kind is None:
+        writer.set_layout(layout)
+    else:
+        writer.set_seconds_layout(phase.kind, layout)
+
+
+def _log_phase(phase: _Phase, stats: ExtractStats, layout: dict) -> None:
+    if not stats.clips:
+        return
+    per = (f"{stats.decodes_per_video:.2f} decodes per video" if stats.distinct_videos else
+           f"{stats.decodes_per_jpeg:.2f} decodes per JPEG")
+    size = layout.get("bytes_per_clip" if phase.kind is None else "bytes_per_second", 0)
+    log.info("extracted %d %ss%s in %.1f s (%.2f/s): decode %.1f s, preprocess %.1f s, forward %.1f s, write %.1f s; "
+             "%s; %s per %s", stats.clips, phase.unit, "" if phase.kind is None else f" ({phase.kind})", stats.wall_s,
+             stats.clips_per_s, stats.decode_s, stats.preprocess_s, stats.forward_s, stats.write_s, per,
+             _human(size), phase.unit)
+
+
+def _token_compute(cfg, backbone, device):
+    """The token phase's step: ``video [B, views, T, 3, c, c]`` -> (encoded tokens ``[B, views, N, D']``,
+    layout): 2x2 pooling, the ``features.dtype`` encoding, three crops concatenated along the tokens."""
     encoding = encoding_of(cfg.features.dtype)
-    grid = backbone.token_grid(frames)
+    grid = backbone.token_grid(cfg.data.frames)
+    spatial = view_count(cfg.data.view)  # > 1: views whose tokens are concatenated into one stored view
+    views = cfg.features.views
+
+    def compute(video: torch.Tensor) -> tuple[np.ndarray, dict]:
+        b = video.shape[0]
+        with torch.inference_mode():
+            tokens = backbone.extract(video.flatten(0, 1).to(device, non_blocking=True))
+            tokens, pooled_grid, levels = pool_tokens(tokens, grid, cfg.features.pool)
+            embed_dim = tokens.shape[-1]
+            tokens = encoding.encode(tokens)  # [B V, N, D'] on the host (features/encoding.py)
+        if spatial > 1:  # [B S, N, D'] -> [B, 1, S N, D'], view-major as CVSClassifier.tokens
+            tokens = tokens.reshape(b, 1, spatial * tokens.shape[1], tokens.shape[2])
+        tokens = tokens.reshape(b, views, *tokens.shape[-2:])
+        return tokens, _layout(cfg, tokens, embed_dim, grid, pooled_grid, levels, cfg.features.shard_clips, spatial)
+
+    return compute
+
+
+def _run(cfg, device, writer: StoreWriter, phase: _Phase, work, total, stats: ExtractStats, progress) -> None:
+    bs, frames = cfg.features.batch_size, cfg.data.frames
     # chunks never straddle shards, so a resumed run forwards exactly the batches an uninterrupted one does
     specs, chunks = [], []
     for name, k in work:
-        rows = writer.shard_rows(name, k)
+        rows = writer.shard_rows(name, k, phase.kind)
         for start in range(rows.start, rows.stop, bs):
             part = range(start, min(start + bs, rows.stop))
             specs.append((name, k, part))
-            chunks.append([indices[name].samples[r] for r in part])
+            chunks.append([phase.samples[name][r] for r in part])
     refs = {p for c in chunks for s in c for p in s.clip_paths}
     stats.distinct_frames = len(refs)
     stats.video_frames = sum(isinstance(p, VideoFrame) for p in refs)
@@ -295,13 +317,12 @@ def _run(cfg, backbone, device, writer: StoreWriter, indices, work, total, stats
     stats.frame_refs = sum(len(s.clip_paths) for c in chunks for s in c)
     cache = 2 * frames * cfg.data.stride  # > one clip's span: consecutive clips reuse their shared frames
     # clips come in (video, frame) order, so 2 decoded videos cover a chunk that straddles two
-    spatial = view_count(cfg.data.view)  # > 1: views whose tokens are concatenated into one stored view
-    dataset = ClipViewChunks(chunks, backbone.crop_size, views, cache, cfg.data.on_bad_sample, cache_videos=2,
+    dataset = ClipViewChunks(chunks, phase.crop, phase.views, cache, cfg.data.on_bad_sample, cache_videos=2,
                              view=cfg.data.view)
     loader = DataLoader(dataset, batch_size=None, shuffle=False, num_workers=cfg.data.num_workers,
                         pin_memory=device.type == "cuda", persistent_workers=False)
-    bar = tqdm(total=total, initial=stats.clips_before, unit="clip", desc="extract", disable=not progress,
-               dynamic_ncols=True)
+    bar = tqdm(total=total, initial=stats.clips_before, unit=phase.unit,
+               desc="extract" if phase.kind is None else "extract seconds", disable=not progress, dynamic_ncols=True)
     out, skipped, layout_checked = None, [], False
     try:
         for (name, k, part), item in zip(specs, loader):
@@ -310,31 +331,22 @@ def _run(cfg, backbone, device, writer: StoreWriter, indices, work, total, stats
             stats.frames_decoded += int(item["decodes"])
             stats.videos_decoded += int(item["video_decodes"])
             t0 = time.perf_counter()
-            video = item["video"]  # [B, V, T, 3, crop, crop]
-            b = video.shape[0]
-            with torch.inference_mode():
-                tokens = backbone.extract(video.flatten(0, 1).to(device, non_blocking=True))
-                tokens, pooled_grid, levels = pool_tokens(tokens, grid, cfg.features.pool)
-                embed_dim = tokens.shape[-1]
-                tokens = encoding.encode(tokens)  # [B V, N, D'] on the host (features/encoding.py)
+            rows_out, layout = phase.compute(item["video"])  # video [B, V, T, 3, crop, crop]
+            b = rows_out.shape[0]
             stats.forward_s += time.perf_counter() - t0
-            if spatial > 1:  # [B S, N, D'] -> [B, 1, S N, D'], view-major as CVSClassifier.tokens
-                tokens = tokens.reshape(b, 1, spatial * tokens.shape[1], tokens.shape[2])
-            tokens = tokens.reshape(b, views, *tokens.shape[-2:])
-            if not layout_checked:  # a resumed store must get tokens of the layout it already holds
-                writer.set_layout(_layout(cfg, tokens, embed_dim, grid, pooled_grid, levels, writer.shard_clips,
-                                          spatial))
+            if not layout_checked:  # a resumed store must get rows of the layout it already holds
+                _set_layout(writer, phase, layout)
                 layout_checked = True
-            rows = writer.shard_rows(name, k)
+            rows = writer.shard_rows(name, k, phase.kind)
             if out is None:
-                out = np.zeros((len(rows), *tokens.shape[1:]), dtype=tokens.dtype)
+                out = np.zeros((len(rows), *rows_out.shape[1:]), dtype=rows_out.dtype)
             at = part.start - rows.start
-            out[at:at + b] = tokens
+            out[at:at + b] = rows_out
             skipped += [at + j for j in range(b) if not bool(item["ok"][j])]
             bar.update(b)
             if part.stop == rows.stop:  # shard complete
                 t1 = time.perf_counter()
-                entry = writer.write_shard(name, k, out, skipped)
+                entry = writer.write_shard(name, k, out, skipped, phase.kind)
                 stats.write_s += time.perf_counter() - t1
                 stats.bytes_written += entry["bytes"]
                 stats.shards += 1

@@ -56,6 +56,7 @@ STORE_FORMAT_VERSION = 2  # 2 adds the scaled encodings (int8, float8_e4m3); ver
 # frame selection): stores written before then are refused instead of silently mixed.
 PREPROCESSING_VERSION = 1
 MANIFEST = "manifest.json"
+SECONDS_DIR = "seconds"  # per-second embeddings (features.seconds): manifest["seconds"][kind], seconds/{kind}/...
 
 
 # Backbone description fields that shape the tokens (with the weights fingerprint).
@@ -140,8 +141,10 @@ def _describe_field(field: str) -> str:
     return field
 
 
-def check_key(root: Path, stored: dict, requested: dict) -> None:
-    diffs = key_differences({**_IMPLIED_BY_OLD_STORES, **stored}, requested)
+def check_key(root: Path, stored: dict, requested: dict, implied: dict | None = None) -> None:
+    """StoreKeyError naming the first field that differs; ``implied``: values a store written before
+    a field existed holds (default: the token key's)."""
+    diffs = key_differences({**(_IMPLIED_BY_OLD_STORES if implied is None else implied), **stored}, requested)
     if not diffs:
         return
     field, old, new = diffs[0]
@@ -156,9 +159,11 @@ def clip_hash(clip_frames: Iterable[int]) -> str:
     return hashlib.sha1(",".join(str(int(f)) for f in clip_frames).encode()).hexdigest()[:12]
 
 
-def shard_name(split: str, index: int) -> str:
+def shard_name(split: str, index: int, kind: str | None = None) -> str:
+    """A shard's path in the store: token shards (``kind`` None), or the per-second embeddings of the
+    artifact ``kind`` (:mod:`.seconds`)."""
     safe = split.replace("/", "__").replace("\\", "__")
-    return f"shards/{safe}/{index:05d}.npy"
+    return f"shards/{safe}/{index:05d}.npy" if kind is None else f"{SECONDS_DIR}/{kind}/{safe}/{index:05d}.npy"
 
 
 # ---------------------------------------------------------------------------- reading
@@ -234,35 +239,56 @@ class FeatureStore:
     def splits(self) -> dict[str, dict]:
         return self.manifest.get("splits", {})
 
+    @property
+    def seconds(self) -> dict[str, dict]:
+        """Per-second embedding artifacts: ``{kind: {"key", "layout", "splits"}}`` (:mod:`.seconds`)."""
+        return self.manifest.get("seconds", {})
+
+    def entries(self, kind: str | None = None) -> dict[str, dict]:
+        """The per-split entries of the token shards (``kind`` None) or of a per-second artifact."""
+        return self.splits if kind is None else self.seconds.get(kind, {}).get("splits", {})
+
     def check_key(self, requested: dict) -> None:
         check_key(self.root, self.key, requested)
 
-    def split_entry(self, split: str) -> dict:
-        entry = self.splits.get(split)
+    def split_entry(self, split: str, kind: str | None = None) -> dict:
+        entry = self.entries(kind).get(split)
+        what = "clips" if kind is None else f"per-second embeddings ({kind})"
+        redo = f"extract it with `cvsjepa extract ... features.store={self.root} features.splits=[{split}]`" + (
+            "" if kind is None else " features.seconds=true")
         if entry is None:
-            have = ", ".join(self.splits) or "none"
-            raise FeatureStoreError(f"split '{split}' is not in feature store {self.root} (it holds: {have}); "
-                                    f"extract it with `cvsjepa extract ... features.store={self.root} "
-                                    f"features.splits=[{split}]`")
+            have = ", ".join(self.entries(kind)) or "none"
+            raise FeatureStoreError(f"split '{split}' is not in feature store {self.root} as {what} (it holds: "
+                                    f"{have}); {redo}")
         if not entry.get("complete"):
             done = sum(s["clips"] for s in entry["shards"].values())
             raise FeatureStoreError(f"split '{split}' of feature store {self.root} is incomplete ({done} of "
-                                    f"{len(entry['sample_ids'])} clips); run the same `cvsjepa extract` again "
+                                    f"{len(entry['sample_ids'])} {what}); run the same `cvsjepa extract` again "
                                     f"to finish it")
         return entry
 
-    def shard_paths(self, splits: Iterable[str] | None = None) -> list[tuple[Path, dict]]:
-        names = list(self.splits) if splits is None else list(splits)
-        return [(self.root / s["file"], s) for n in names
-                for _, s in sorted(self.splits[n]["shards"].items(), key=lambda kv: int(kv[0]))]
+    def shard_paths(self, splits: Iterable[str] | None = None, kind: str | None = None,
+                    everything: bool = False) -> list[tuple[Path, dict]]:
+        """Listed shards of ``splits`` (all when None) of the token shards or the artifact ``kind``;
+        ``everything``: of the tokens and every per-second artifact."""
+        sections = [self.entries(kind)] if not everything else [self.splits] + [
+            a.get("splits", {}) for a in self.seconds.values()]
+        out = []
+        for section in sections:
+            names = list(section) if splits is None else list(splits)
+            out += [(self.root / s["file"], s) for n in names
+                    for _, s in sorted(section[n]["shards"].items(), key=lambda kv: int(kv[0]))]
+        return out
 
-    def verify(self, splits: Iterable[str] | None = None, checksum: bool = True, progress: bool = False) -> int:
-        """Check every listed shard of ``splits`` (all when None): it exists, has the recorded size and
-        (``checksum``) the recorded sha256. Returns the bytes checked; raises ShardCorruptError naming
-        the first bad file."""
+    def verify(self, splits: Iterable[str] | None = None, checksum: bool = True, progress: bool = False,
+               kind: str | None = None) -> int:
+        """Check every listed shard of ``splits`` of the tokens or the per-second artifact ``kind`` (all
+        splits, and every artifact too, when ``splits`` and ``kind`` are None): it exists, has the
+        recorded size and (``checksum``) the recorded sha256. Returns the bytes checked; raises
+        ShardCorruptError naming the first bad file."""
         from tqdm.auto import tqdm
 
-        items = self.shard_paths(splits)
+        items = self.shard_paths(splits, kind, everything=splits is None and kind is None)
         total = 0
         for path, entry in tqdm(items, desc="verify", unit="shard", disable=not progress, leave=False):
             check_shard(path, entry, checksum)

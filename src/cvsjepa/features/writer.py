@@ -78,14 +78,39 @@ class StoreWriter:
             log.info("removing %s, left by an interrupted write", tmp)
             tmp.unlink(missing_ok=True)
 
-    def plan_split(self, split: str, sample_ids: list[str], clip_hashes: list[str], verify: bool = True) -> list[int]:
-        """Record the split's keyframes (or check them against the recorded ones) and return the shard
-        indices still to write. Listed shards that fail their check are dropped and redone."""
-        entry = self.manifest["splits"].get(split)
+    def _entries(self, kind: str | None) -> dict:
+        """The per-split entries of the token shards (``kind`` None) or of a per-second artifact."""
+        return self.manifest["splits"] if kind is None else self.manifest["seconds"][kind]["splits"]
+
+    def open_seconds(self, kind: str, key: dict) -> None:
+        """Create the per-second artifact ``kind`` (:mod:`.seconds`) or check the one stored has ``key``."""
+        section = self.manifest.setdefault("seconds", {}).get(kind)
+        if section is None:
+            self.manifest["seconds"][kind] = {"key": key, "layout": {}, "splits": {}}
+            self._save()
+        else:
+            check_key(self.root, section["key"], key, implied={})
+
+    def set_seconds_layout(self, kind: str, layout: dict) -> None:
+        section = self.manifest["seconds"][kind]
+        if section["layout"] and section["layout"] != layout:
+            raise StoreKeyError(f"feature store {self.root}: per-second embeddings {kind} were stored as "
+                                f"{section['layout']}, this run makes {layout}; use a new features.store=...")
+        if not section["layout"]:
+            section["layout"] = layout
+            self._save()
+
+    def plan_split(self, split: str, sample_ids: list[str], clip_hashes: list[str], verify: bool = True,
+                   kind: str | None = None, extra: dict | None = None) -> list[int]:
+        """Record the split's clips (keyframes, or every second for a per-second artifact ``kind``; with
+        ``extra`` fields such as the videos' rows) or check them against the recorded ones, and return
+        the shard indices still to write. Listed shards that fail their check are dropped and redone."""
+        entries = self._entries(kind)
+        entry = entries.get(split)
         if entry is None:
             entry = {"sample_ids": list(sample_ids), "clip_hashes": list(clip_hashes),
-                     "shard_clips": self.shard_clips, "shards": {}, "complete": False}
-            self.manifest["splits"][split] = entry
+                     "shard_clips": self.shard_clips, "shards": {}, "complete": False, **(extra or {})}
+            entries[split] = entry
             self._save()
         elif entry["sample_ids"] != list(sample_ids) or entry["clip_hashes"] != list(clip_hashes):
             raise FeatureStoreError(
@@ -107,9 +132,9 @@ class StoreWriter:
             self._save()
         return todo
 
-    def shard_rows(self, split: str, k: int) -> range:
-        n = len(self.manifest["splits"][split]["sample_ids"])
-        s = self.manifest["splits"][split]["shard_clips"]
+    def shard_rows(self, split: str, k: int, kind: str | None = None) -> range:
+        entry = self._entries(kind)[split]
+        n, s = len(entry["sample_ids"]), entry["shard_clips"]
         return range(k * s, min(n, (k + 1) * s))
 
     def set_layout(self, layout: dict) -> None:
@@ -125,14 +150,16 @@ class StoreWriter:
             self.manifest["layout"] = layout
             self._save()
 
-    def write_shard(self, split: str, k: int, tokens: np.ndarray, skipped_rows: list[int] = ()) -> dict:
-        """Write shard ``k`` of ``split`` (``tokens [clips, views, N, D]``) atomically, then list it in
-        the manifest with its size and sha256. ``skipped_rows`` (rows within the shard) failed to load."""
-        entry = self.manifest["splits"][split]
-        rows = self.shard_rows(split, k)
+    def write_shard(self, split: str, k: int, tokens: np.ndarray, skipped_rows: list[int] = (),
+                    kind: str | None = None) -> dict:
+        """Write shard ``k`` of ``split`` (``tokens [clips, views, N, D]``, or per-second embeddings
+        ``[seconds, E]`` of the artifact ``kind``) atomically, then list it in the manifest with its size
+        and sha256. ``skipped_rows`` (rows within the shard) failed to load."""
+        entry = self._entries(kind)[split]
+        rows = self.shard_rows(split, k, kind)
         if tokens.shape[0] != len(rows):
             raise ValueError(f"shard {k} of {split} needs {len(rows)} clips, got {tokens.shape[0]}")
-        rel = shard_name(split, k)
+        rel = shard_name(split, k, kind)
         path = self.root / rel
         digest, size = _write_npy_atomic(path, tokens)
         entry["shards"][str(k)] = {"file": rel, "clips": len(rows), "bytes": size, "sha256": digest,
@@ -142,10 +169,10 @@ class StoreWriter:
         self._save()  # after the shard is durable: the manifest never lists a shard that is not
         return entry["shards"][str(k)]
 
-    def record_shard(self, split: str, k: int, entry: dict) -> None:
+    def record_shard(self, split: str, k: int, entry: dict, kind: str | None = None) -> None:
         """List a shard another rank wrote (DDP extraction), after checking its file and checksum."""
         check_shard(self.root / entry["file"], entry, checksum=True)
-        split_entry = self.manifest["splits"][split]
+        split_entry = self._entries(kind)[split]
         split_entry["shards"][str(k)] = entry
         n_shards = -(-len(split_entry["sample_ids"]) // split_entry["shard_clips"])
         split_entry["complete"] = len(split_entry["shards"]) == n_shards
@@ -207,13 +234,13 @@ class RankShardWriter:
 
     def __init__(self, root: str | os.PathLike, shard_plan: dict[str, tuple[int, int]]):
         self.root = Path(root)
-        self.plan = shard_plan  # split -> (number of clips, clips per shard)
+        self.plan = shard_plan  # split -> (number of clips, clips per shard), of the phase being extracted
         self.shard_clips = next(iter(shard_plan.values()))[1] if shard_plan else 0
         self.layout: dict | None = None
         self.written: list[tuple[str, int, dict]] = []
         self.manifest = {"layout": {}}
 
-    def shard_rows(self, split: str, k: int) -> range:
+    def shard_rows(self, split: str, k: int, kind: str | None = None) -> range:
         n, s = self.plan[split]
         return range(k * s, min(n, (k + 1) * s))
 
@@ -221,9 +248,13 @@ class RankShardWriter:
         self.layout = layout
         self.manifest["layout"] = layout
 
-    def write_shard(self, split: str, k: int, tokens: np.ndarray, skipped_rows: list[int] = ()) -> dict:
+    def set_seconds_layout(self, kind: str, layout: dict) -> None:
+        self.layout = layout
+
+    def write_shard(self, split: str, k: int, tokens: np.ndarray, skipped_rows: list[int] = (),
+                    kind: str | None = None) -> dict:
         rows = self.shard_rows(split, k)
-        rel = shard_name(split, k)
+        rel = shard_name(split, k, kind)
         digest, size = _write_npy_atomic(self.root / rel, tokens)
         entry = {"file": rel, "clips": len(rows), "bytes": size, "sha256": digest,
                  "skipped": sorted(int(r) for r in skipped_rows)}
