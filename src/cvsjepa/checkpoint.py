@@ -31,6 +31,7 @@ from .backbones import build_backbone
 from .config import RunConfig, from_dict, to_dict
 from .errors import CheckpointError
 from .heads import build_head
+from .heads.pooler import POOLER_KEY, build_temporal_head, pooler_from_description, weights_digest
 from .io import (apply_umask, atomic_save_safetensors, atomic_write_json, load_safetensors, read_json_object,
                  sha256_file)
 from .model import CVSClassifier, build_seg_head, token_layout
@@ -66,6 +67,8 @@ def save_classifier(ckpt_dir: Path, model: CVSClassifier, cfg: RunConfig, extra:
         "backbone": backbone.describe() if backbone is not None else None,
         "backbone_fingerprint": fingerprint,
         "adapter": ADAPTER_DIR if lora else None,
+        # a temporal run: how to rebuild its per-second pooler (its weights are in WEIGHTS_FILE, pooler.*)
+        POOLER_KEY: model.pooler.describe() if getattr(model, "pooler", None) is not None else None,
         **(extra or {}),
     }
     if lora:
@@ -262,9 +265,27 @@ def load_classifier(ckpt_dir: Path, device: torch.device | str = "cpu",
     if adapter_dir is not None:
         load_lora_adapter(backbone, adapter_dir)
         backbone.freeze()
-    head = build_head(cfg.head, backbone.embed_dim, layout=token_layout(cfg, backbone))
-    model = CVSClassifier(backbone, head, base_fingerprint=fp, seg_head=build_seg_head(cfg, backbone)).to(device)
+    pooler = pooler_from_description(meta[POOLER_KEY]) if meta.get(POOLER_KEY) else None
+    head = (build_temporal_head(cfg.head, pooler) if pooler else
+            build_head(cfg.head, backbone.embed_dim, layout=token_layout(cfg, backbone)))
+    model = CVSClassifier(backbone, head, base_fingerprint=fp, seg_head=build_seg_head(cfg, backbone),
+                          pooler=pooler).to(device)
     load_weights_strict(model, load_safetensors(ckpt_dir / WEIGHTS_FILE), ckpt_dir / WEIGHTS_FILE,
                         include_lora=False)
+    _check_pooler(model, meta, ckpt_dir)
     model.eval()
     return model, cfg, meta
+
+
+def _check_pooler(model: CVSClassifier, meta: dict, ckpt_dir: Path) -> None:
+    """A temporal run's stage-1 pooler holds the weights its checkpoint recorded (the stage-1 head the
+    store's per-second embeddings were pooled with), never another run's."""
+    pooler = model.pooler
+    if pooler is None or pooler.head is None:
+        return
+    recorded = meta[POOLER_KEY].get("weights_digest")
+    if weights_digest(pooler.head) != recorded:
+        stage1 = meta[POOLER_KEY].get("stage1", {})
+        raise CheckpointError(f"{ckpt_dir}: its per-second pooler's weights are not those of the stage-1 run it "
+                              f"records ({stage1.get('run', '?')}); the checkpoint is damaged: train the temporal "
+                              f"head again")

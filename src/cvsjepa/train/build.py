@@ -15,10 +15,11 @@ from torch.utils.data import DataLoader
 from .. import distributed
 from ..adapt import apply_adaptation, backbone_param_groups, params_breakdown
 from ..backbones import build_backbone
-from ..config import RunConfig, changes_from_defaults
+from ..config import RunConfig, changes_from_defaults, is_temporal
 from ..data.dataset import collate_skip_none
 from ..errors import ConfigError
-from ..heads import build_head
+from ..heads import build_head, offsets_of
+from ..heads.pooler import build_temporal_head
 from ..model import CVSClassifier, build_seg_head, count_params, token_layout
 from ..rundir import LOG_FILE, RunDir, with_saved_splits, write_split_file
 from ..runtime import configure_threads, resolve_device, seed_everything
@@ -111,8 +112,21 @@ def build_model(cfg: RunConfig, device: torch.device | str = "cpu", allow_random
                           f"({backbone.tubelet_size})")
     fingerprint = backbone.weights_fingerprint()  # of the weights as loaded, before any adapter
     apply_adaptation(backbone, cfg.adapt)
-    head = build_head(cfg.head, backbone.embed_dim, layout=token_layout(cfg, backbone))
-    return CVSClassifier(backbone, head, base_fingerprint=fingerprint, seg_head=build_seg_head(cfg, backbone)).to(device)
+    pooler = temporal_pooler(cfg, backbone)
+    head = (build_temporal_head(cfg.head, pooler) if pooler else
+            build_head(cfg.head, backbone.embed_dim, layout=token_layout(cfg, backbone)))
+    return CVSClassifier(backbone, head, base_fingerprint=fingerprint, seg_head=build_seg_head(cfg, backbone),
+                         pooler=pooler).to(device)
+
+
+def temporal_pooler(cfg: RunConfig, backbone):
+    """A temporal run's per-second pooler (``features.second_pooler``: the mean, or the stage-1 run's
+    head, hash-checked), which its checkpoint keeps; None for a clip head."""
+    if not is_temporal(cfg.head.type):
+        return None
+    from ..features.pooler import second_pooler
+
+    return second_pooler(cfg, backbone)[0]
 
 
 def with_loaded_backbone(cfg: RunConfig, backbone) -> RunConfig:
@@ -179,6 +193,12 @@ def load_data(cfg: RunConfig, crop: int, roles=("train", "val", "test"), backbon
     ``backbone``: the one already built, so the store's key is checked against it without a rebuild."""
     if cfg.resume:  # a resumed run reads its recorded split assignment (SAGES), never a fresh draw
         cfg = with_saved_splits(cfg, cfg.out)
+    if cfg.features.store and is_temporal(cfg.head.type):  # keyframe histories of per-second embeddings
+        from ..features.seconds import open_seconds_splits
+
+        if backbone is None:
+            backbone = build_backbone(cfg.backbone).freeze()
+        return open_seconds_splits(cfg, offsets_of(cfg.head), roles=roles, backbone=backbone, progress=progress)
     if cfg.features.store:
         from ..features.dataset import open_store_splits
 

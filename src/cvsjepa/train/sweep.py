@@ -32,12 +32,15 @@ from ..checkpoint import save_classifier
 from ..config import RunConfig
 from ..errors import ConfigError
 from ..evaluate.inference import predict_many
-from ..heads import TokenLayout, build_head
+from ..heads import TokenLayout, build_head, offsets_of
+from ..heads.temporal import describe_offsets
 from ..heads.bank import HeadBank
+from ..heads.pooler import build_temporal_head
 from ..model import CVSClassifier
 from ..rundir import SWEEP_FILE, RunDir, write_csv
 from ..tracking import history_of, tracking
-from .build import StagePlan, load_data, open_run, param_groups, prepare, run_log, stage_plans, with_loaded_backbone
+from .build import (StagePlan, load_data, open_run, param_groups, prepare, run_log, stage_plans, temporal_pooler,
+                    with_loaded_backbone)
 from .classifier import RunResult
 from .finish import finish
 from .loop import Fit, fit_stage
@@ -58,12 +61,17 @@ def sweep_grid(cfg: RunConfig) -> list[tuple[float, float]]:
     return [(float(lr), float(wd)) for lr in cfg.sweep.lrs for wd in cfg.sweep.weight_decays]
 
 
-def build_sweep_heads(cfg: RunConfig, embed_dim: int, device, layout: TokenLayout | None = None) -> list[nn.Module]:
+def build_sweep_heads(cfg: RunConfig, embed_dim: int, device, layout: TokenLayout | None = None,
+                      pooler=None) -> list[nn.Module]:
+    """K heads with the init a separate run with this seed would get (temporal heads: over ``pooler``'s
+    embeddings, as ``train`` builds them)."""
     heads = []
     for _ in sweep_grid(cfg):
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(cfg.seed)  # the init a separate run with this seed would get
-            heads.append(build_head(cfg.head, embed_dim, layout=layout).to(device))
+            torch.manual_seed(cfg.seed)
+            head = (build_temporal_head(cfg.head, pooler) if pooler is not None else
+                    build_head(cfg.head, embed_dim, layout=layout))
+            heads.append(head.to(device))
     return heads
 
 
@@ -80,6 +88,7 @@ class HeadBankTrainee:
         self.bank = HeadBank(heads)
         self.heads = self.bank.heads  # state-dict keys "{i}.{name}", as in resume states
         self.ddp = self.heads
+        self.pooler = None  # a temporal sweep's per-second pooler, saved with the winner
         self.members = [Member(i, f"head {i} (lr {lr:g}, wd {wd:g})", lr, wd)
                         for i, (lr, wd) in enumerate(sweep_grid(cfg))]
 
@@ -98,7 +107,7 @@ class HeadBankTrainee:
             self.heads[m.index].train(m.active)
 
     def forward(self, batch: dict) -> list[tuple[torch.Tensor, None]]:
-        return [(logits, None) for logits in self.bank(batch["tokens"], [m.index for m in self._active()])]
+        return [(logits, None) for logits in self.bank.run(batch, [m.index for m in self._active()])]
 
     def score(self, split, batch_size: int, loss_fn, desc: str):
         active = self._active()
@@ -107,7 +116,7 @@ class HeadBankTrainee:
         loader = split.loader(batch_size, False, self.cfg.data.num_workers)
 
         def logits_of(batch: dict) -> list[torch.Tensor]:
-            return self.bank(batch["tokens"], [m.index for m in active])
+            return self.bank.run(batch, [m.index for m in active])
 
         return [(p, {}) for p in predict_many(logits_of, len(active), loader, self.device, loss_fn, desc, False)]
 
@@ -165,18 +174,25 @@ def sweep(cfg: RunConfig, progress: bool = True) -> RunResult:
     splits = load_data(cfg, backbone.crop_size, backbone=backbone, progress=progress)
     if "train" not in splits or "val" not in splits:
         raise ConfigError("a sweep needs data.train_split and data.val_split")
-    layout = splits["train"].dataset.reader.layout
+    pooler = temporal_pooler(cfg, backbone)  # temporal heads: the winner's checkpoint keeps it
+    if pooler is None:
+        layout = splits["train"].dataset.reader.layout
+        embed_dim, token_layout = int(layout["embed_dim"]), store_token_layout(layout)
+        inputs = f"{layout['tokens_per_clip']} tokens x {layout['embed_dim']} {layout['dtype']} per clip"
+    else:
+        embed_dim, token_layout = pooler.out_dim, None
+        inputs = f"per-second embeddings ({pooler.kind}) of {embed_dim}, {describe_offsets(offsets_of(cfg.head))}"
     run, resume = open_run(cfg, splits)
     if run.is_finished():
         log.info("%s already finished; nothing to resume", run)
         return RunResult(run, run.read_summary())
     with run_log(run, cfg), tracking(cfg, run.path, resume["epoch"] if resume else 0) as tracker:
-        log.info("sweep of %d heads (lr %s x wd %s) from feature store %s (%s tokens x %s %s per clip); run "
-                 "directory %s", len(grid), cfg.sweep.lrs, cfg.sweep.weight_decays, cfg.features.store,
-                 layout["tokens_per_clip"], layout["embed_dim"], layout["dtype"], run)
+        log.info("sweep of %d heads (lr %s x wd %s) from feature store %s (%s); run directory %s", len(grid),
+                 cfg.sweep.lrs, cfg.sweep.weight_decays, cfg.features.store, inputs, run)
         fit = Fit(cfg, run, device, splits, progress, tracker=tracker)
-        heads = build_sweep_heads(cfg, int(layout["embed_dim"]), device, store_token_layout(layout))
+        heads = build_sweep_heads(cfg, embed_dim, device, token_layout, pooler)
         trainee = HeadBankTrainee(cfg, heads, run, device)
+        trainee.pooler = pooler
         if resume:
             trainee.restore(resume)
             tracker.log_history(history_of(trainee.members))
@@ -195,7 +211,8 @@ def _finish(fit: Fit, trainee: HeadBankTrainee, backbone, t0: float) -> dict:
         head.load_state_dict(win.best_state)
     write_sweep_csv(run, trainee.members, win)
     win_cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, lr=win.lr, weight_decay=win.weight_decay))
-    model = CVSClassifier(backbone, head)  # backbone stays on the CPU: the batches carry tokens, it never runs
+    # backbone stays on the CPU: the batches carry tokens (or histories), it never runs
+    model = CVSClassifier(backbone, head, pooler=trainee.pooler)
     save_classifier(run.best_dir, model, win_cfg,
                     extra={"epoch": win.progress.best_epoch, "val_map": win.progress.best_map,
                            "sweep": {"head": win.index, "lr": win.lr, "weight_decay": win.weight_decay}})
