@@ -6,6 +6,7 @@
     tl = m.predict_video("case_042.mp4")         # a Timeline: tl.times, tl.probs [T, 3], tl.cvs_reached_at
     tl.save("case_042_timeline")                 # timeline.csv, timeline.json, timeline.png
     probs = m.predict_clip(frames)               # uint8 [T, H, W, 3], or preprocessed [T, 3, crop, crop]
+    s = m.stream(); p = s(clips)                 # a temporal run, live: the next seconds' clips -> probabilities
 
 A checkpoint directory (``model.safetensors`` + ``config.json``, as ``train`` writes into
 ``RUN/checkpoints/best``) is all that is needed: the backbone is rebuilt from the recorded config
@@ -17,6 +18,12 @@ checkpoint, never a result. The thresholds document, its policies and its calibr
 computed from ``RUN/predictions_val.csv``, then 0.5 with a warning). Probabilities returned are
 **calibrated** when the document holds a calibration (``m.calibration``; ``raw=True`` gives the
 model's own sigmoid outputs).
+
+A temporal run (``head.type=temporal_*``) scores a second from its history: ``predict_video``
+streams it (:mod:`cvsjepa.predict.stream`: each second's clip is embedded and pushed into the head's
+rolling state, memory flat in video length), ``stream()`` gives that state for a live feed, and
+``predict_clip`` (one clip, no history) is refused. Its checkpoint holds the stage-1 pooler's weights,
+so the checkpoint directory (and the backbone) is still all it needs.
 """
 
 from __future__ import annotations
@@ -110,8 +117,26 @@ class CVSModel:
     def criteria(self) -> tuple[str, ...]:
         return tuple(self.cfg.data.criteria)
 
+    @property
+    def temporal(self) -> bool:
+        """A temporal run: it scores each second from the history of the video so far."""
+        return self.model.temporal
+
+    def stream(self):
+        """A new :class:`~cvsjepa.predict.stream.VideoStream` (a temporal run): call it with the clips
+        of the next seconds of one video, in order; it returns their raw probabilities ``[S, 3]``
+        (apply :attr:`calibration` for the calibrated ones)."""
+        from .predict.stream import VideoStream
+
+        return VideoStream(self.model, self.device, self.checkpoint_dir)
+
     def describe(self) -> dict:
-        return {"checkpoint": str(self.checkpoint_dir), "backbone": self.model.backbone.name,
+        temporal = {}
+        if self.temporal:
+            pooler = self.model.pooler.describe()
+            temporal = {"temporal": {"head": self.cfg.head.type, "history_offsets": list(self.model.head.offsets),
+                                     "pooler": pooler["kind"], "stage1": pooler.get("stage1")}}
+        return {**temporal, "checkpoint": str(self.checkpoint_dir), "backbone": self.model.backbone.name,
                 "backbone_path": self.cfg.backbone.path,
                 "crop": self.crop, "view": self.view, "frames": self.frames, "stride": self.stride,
                 "training_fps": self.fps,
@@ -147,6 +172,9 @@ class CVSModel:
 
     def _raw_probs(self, video: torch.Tensor) -> torch.Tensor:
         """[B, T, 3, crop, crop] -> [B, 3], exactly as ``evaluate.inference.predict_loader`` scores clips."""
+        if self.temporal:
+            raise ValueError(f"{self.checkpoint_dir} is a temporal run ({self.cfg.head.type}): it scores a second from "
+                             f"the video's history, not one clip; use predict_video, or stream() for a live feed")
         video = video.to(self.device).float()
         with torch.no_grad(), torch.autocast(self.device.type, dtype=torch.bfloat16,
                                              enabled=self.device.type == "cuda"):
@@ -170,8 +198,9 @@ class CVSModel:
         """
         if not consecutive > 0:
             raise ValueError(f"consecutive must be > 0 seconds, got {consecutive}")
-        with open_frames(path, fps or self.fps) as reader:
-            return build_timeline(reader, self._raw_probs, crop=self.crop, frames=self.frames, stride=self.stride,
+        with open_frames(path, fps or self.fps) as reader:  # a temporal run: a fresh history per video
+            predict = self.stream() if self.temporal else self._raw_probs
+            return build_timeline(reader, predict, crop=self.crop, frames=self.frames, stride=self.stride,
                                   rule=self.rule, consecutive_s=consecutive, batch_size=batch_size,
                                   progress=progress, model_info=self.describe(), criteria=self.criteria,
                                   calibration=self.calibration, view=self.view)

@@ -5,7 +5,8 @@ from __future__ import annotations
 from ._common import add_reopen_args, reopen_from_args
 
 NAME = "diagnose"
-HELP = "attention maps, label-category analyses, backbone attention entropy, training curves -> RUN/diagnose/"
+HELP = ("attention maps, label-category analyses, backbone attention entropy, training curves, a temporal head's "
+        "history weights -> RUN/diagnose/")
 
 
 def add_parser(sub) -> None:
@@ -17,11 +18,16 @@ def add_parser(sub) -> None:
                     "C3-only / mixed / all-negative with attention statistics and accuracy at val thresholds, the "
                     "criterion comparison and the wrong-class analysis. entropy: the backbone's internal "
                     "self-attention entropy per layer and head (eager attention); --compare RUN2 side by side. "
-                    "curves: train/val mAP and the gap of RUN and --runs on one plot.")
+                    "curves: train/val mAP and the gap of RUN and --runs on one plot. temporal (a temporal run, "
+                    "head.type=temporal_*; its 'all' is temporal and curves): for sampled or --sample-ids "
+                    "keyframes, which past seconds the head used (the gated head's attention over its history, the "
+                    "GRU's per-second influence), against the span the clip itself covers and, on synthetic data, "
+                    "the seconds an occlusion hid the anatomy.")
     d.add_argument("run", metavar="RUN", help="run directory written by `cvsjepa train`")
     d.add_argument("analyses", nargs="*", default=["all"], metavar="ANALYSIS",
                    help="attention, categories, entropy, curves or all (default: all); seg (the segmentation "
-                        "grid of a multi-task run, e.g. exp8) is not part of all and must be named")
+                        "grid of a multi-task run, e.g. exp8) is not part of all and must be named; temporal: a "
+                        "temporal run's history weights (its all = temporal + curves)")
     d.add_argument("--split", choices=("val", "test"), default="val", help="split to analyse (default: val)")
     d.add_argument("--samples", type=int, default=2, metavar="N",
                    help="attention heatmaps for up to N sampled clips per label category (default 2); seg "

@@ -4,6 +4,7 @@
     categories  per-category attention std/max and accuracy, criterion comparison, wrong class
     entropy     backbone internal attention entropy per layer x head (eager attention); --compare RUN2
     curves      train/val mAP and gap of RUN (and --runs ...) on one plot
+    temporal    (temporal runs, instead of the three above) which past seconds the head used per keyframe
 
 Numbers also go to ``diagnose/diagnose.json``; per-clip attention statistics to
 ``diagnose/attention_<split>.csv``. Thresholds (for accuracies) are chosen on val predictions by
@@ -36,7 +37,8 @@ from ..evaluate.inference import move_batch, predict_loader
 from ..evaluate.runner import json_safe, role_split
 from ..evaluate.thresholds import choose_thresholds
 from ..io import atomic_write_json, atomic_write_text
-from ..reopen import Reopen, load_run
+from ..config import is_temporal
+from ..reopen import Reopen, load_run, run_config
 from ..rundir import DIAGNOSE_DIR, RunDir
 from .attention import (collect_attention, mean_map, normalised_entropy, plot_attention_clip, to_grid,
                         token_layout)
@@ -45,11 +47,14 @@ from .criteria import (CATEGORIES, categories, category, category_table, criteri
 from .curves import curve_summary, load_curves, plot_training_curves
 from .entropy import internal_entropy, plot_entropy
 from .report import fmt, image, md_table
+from .temporal import temporal_report
 
 log = logging.getLogger("cvsjepa")
 
 ANALYSES = ("attention", "categories", "entropy", "curves")
 OPT_IN = ("seg",)  # needs a multi-task run; not part of "all"
+TEMPORAL = ("temporal", "curves")  # what a temporal run (head.type=temporal_*) has: "all" means these
+CLIP_ONLY = ("attention", "categories", "entropy", "seg")  # of a clip head's attention over tokens
 
 
 @dataclass(frozen=True)
@@ -72,11 +77,21 @@ class DiagnoseResult:
     data: dict
 
 
-def expand(analyses: list[str]) -> list[str]:
+def expand(analyses: list[str], temporal: bool = False) -> list[str]:
     chosen = list(dict.fromkeys(analyses or ["all"]))
-    bad = [a for a in chosen if a not in (*ANALYSES, *OPT_IN, "all")]
+    bad = [a for a in chosen if a not in (*ANALYSES, *OPT_IN, *TEMPORAL, "all")]
     if bad:
-        raise ConfigError(f"unknown analysis {', '.join(bad)}; choose from {', '.join(ANALYSES + OPT_IN)} or all")
+        raise ConfigError(f"unknown analysis {', '.join(bad)}; choose from {', '.join(ANALYSES + OPT_IN)}, "
+                          f"temporal or all")
+    if temporal:
+        clip = [a for a in chosen if a in CLIP_ONLY]
+        if clip:
+            raise ConfigError(f"{', '.join(clip)} analyse a clip head's attention over tokens; this is a temporal "
+                              f"run: use temporal (and curves)")
+        return list(TEMPORAL) if "all" in chosen else [a for a in TEMPORAL if a in chosen]
+    if "temporal" in chosen:
+        raise ConfigError("temporal analyses a temporal run (head.type=temporal_gated or temporal_gru); this run's "
+                          "head reads clip tokens")
     base = list(ANALYSES) if "all" in chosen else [a for a in ANALYSES if a in chosen]
     return base + [a for a in OPT_IN if a in chosen]
 
@@ -87,8 +102,9 @@ def diagnose_run(run_dir: str | Path, options: DiagnoseOptions = DiagnoseOptions
     o = options
     split, samples, sample_ids, compare, runs = o.split, o.samples, list(o.sample_ids), o.compare, o.runs
     entropy_samples, seed, progress = o.entropy_samples, o.seed, reopen.progress
-    todo = expand(list(o.analyses))
     run = Path(run_dir)
+    temporal = RunDir.open(run).has_best() and is_temporal(run_config(run, reopen)[0].head.type)
+    todo = expand(list(o.analyses), temporal)
     if split not in ("val", "test"):
         raise ConfigError(f"--split must be val or test, got {split!r}")
     if samples < 1 or entropy_samples < 1:
@@ -97,7 +113,7 @@ def diagnose_run(run_dir: str | Path, options: DiagnoseOptions = DiagnoseOptions
         log.warning("--compare is used by the entropy analysis only, which is not selected: ignored")
     if runs and "curves" not in todo:
         log.warning("--runs is used by the curves analysis only, which is not selected: ignored")
-    needs_model = any(a in todo for a in ("attention", "categories", "entropy", "seg"))
+    needs_model = any(a in todo for a in ("attention", "categories", "entropy", "seg", "temporal"))
     if needs_model:
         RunDir.open(run).require_best()
         if compare is not None and "entropy" in todo:
@@ -113,7 +129,14 @@ def diagnose_run(run_dir: str | Path, options: DiagnoseOptions = DiagnoseOptions
     data: dict = {"run": str(run), "split": split, "analyses": todo, "cvsjepa_version": __version__}
     md = [f"# Diagnostics: `{run.name}`\n"]
     dev = reopen.torch_device()
-    if needs_model:
+    if "temporal" in todo:
+        model, cfg, meta = load_run(run, reopen, dev)
+        role_split(cfg, split)
+        sd = build_splits(cfg, model.backbone.crop_size, roles=(split,))[split]
+        md += temporal_report(model, cfg, sd, split, _pick(sd, samples, sample_ids, seed), dev, reopen.batch(cfg),
+                              out, data, progress)
+        del model
+    elif needs_model:
         model, cfg, meta = load_run(run, reopen, dev)
         role_split(cfg, split)
         splits = build_splits(cfg, model.backbone.crop_size, roles=tuple(dict.fromkeys(("val", split))))

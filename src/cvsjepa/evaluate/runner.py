@@ -52,6 +52,7 @@ from .metrics import prevalence
 from .scores import (FULL_CVS_LABEL, FULL_CVS_SCORE, bootstrap_statistic, full_cvs, per_video_ap,
                      per_video_summary, point_metrics)
 from .thresholds import balanced_accuracy
+from .temporal import embed_videos, predict_temporal
 from .tta import TTASettings, predict_tta
 
 log = logging.getLogger("cvsjepa")
@@ -143,9 +144,11 @@ def predict_members(runs: list[Path], roles: tuple[str, ...], tta: TTASettings, 
             splits[SECONDS] = seconds_split(splits[seconds_of], cfg, model.backbone.crop_size)
         if video_frames is not None:
             video_frames.update({role: sd.index.video_frames for role, sd in splits.items()})
+        embedded = temporal_embeddings(model, cfg, splits, tta, device, reopen)
         for role in splits:
             tag = f"{role}" + (f" [{i + 1}/{len(runs)}]" if len(runs) > 1 else "")
-            p = predict_split(model, cfg, splits[role], tta, device, reopen.batch(cfg), tag, reopen.progress)
+            p = (predict_split(model, cfg, splits[role], tta, device, reopen.batch(cfg), tag, reopen.progress)
+                 if embedded is None else predict_temporal(model, splits[role], embedded, device))
             check_probabilities(p.probs, Path(run) / BEST_DIR)
             if role not in summed:
                 summed[role] = p
@@ -156,6 +159,17 @@ def predict_members(runs: list[Path], roles: tuple[str, ...], tta: TTASettings, 
     for p in summed.values():
         p.probs = p.probs / len(runs)
     return summed, samples
+
+
+def temporal_embeddings(model, cfg: RunConfig, splits: dict, tta: TTASettings, device, reopen: Reopen) -> dict | None:
+    """A temporal run (evaluate/temporal.py): every second of the splits' videos embedded once; None
+    for a clip model."""
+    if not model.temporal:
+        return None
+    if not tta.is_plain:
+        raise ConfigError("test-time augmentation averages views of one clip; a temporal run scores histories of "
+                          "seconds: evaluate it without --tta")
+    return embed_videos(model, cfg, splits, device, reopen.batch(cfg), reopen.progress)
 
 
 def undefined_on_val(val: Predictions, names: tuple[str, ...]) -> list[str]:
