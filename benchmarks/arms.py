@@ -131,7 +131,7 @@ def main() -> None:
     for s in args.seeds:
         data = work / f"data{s}_{'_'.join(map(str, args.videos))}"
         if not (data / "oracle.json").is_file():
-            write_synthetic_dataset(data, seed=s, videos=tuple(args.videos), progress=False)
+            write_synthetic_dataset(data, seed=s, videos=tuple(args.videos), progress=False, occlusions=False)
         oracle = json.loads((data / "oracle.json").read_text())["test"]["map"]
         preds[s] = {}
         for name, overrides in arms.items():

@@ -65,7 +65,8 @@ def log(msg: str) -> None:
 def make_data(work: Path) -> Path:
     root = work / "data"
     if not (root / "oracle.json").is_file():
-        write_synthetic_dataset(root, seed=0, videos=(4, 2, 2), min_seconds=30, max_seconds=45, progress=False)
+        write_synthetic_dataset(root, seed=0, videos=(4, 2, 2), min_seconds=30, max_seconds=45, progress=False,
+                                occlusions=False)
     return root
 
 

@@ -46,7 +46,7 @@ def main() -> None:
     for s in args.seeds:
         data = work / f"segdata{s}"
         if not (data / "oracle.json").is_file():
-            write_synthetic_dataset(data, seed=s, seg_fraction=1.0, seg_every_s=5, progress=False)
+            write_synthetic_dataset(data, seed=s, seg_fraction=1.0, seg_every_s=5, progress=False, occlusions=False)
         for dec in args.decoders:
             out = work / f"seg{s}_{dec}" if args.view == "letterbox" else work / f"seg{s}_{dec}_{args.view}"
             if not (out / "summary.json").is_file():

@@ -125,7 +125,7 @@ def main() -> int:
         data = work / "data"
         if not data.is_dir():
             log(f"writing the synthetic dataset ({args.videos} videos) ...")
-            write_synthetic_dataset(data, seed=0, videos=tuple(args.videos), progress=False)
+            write_synthetic_dataset(data, seed=0, videos=tuple(args.videos), progress=False, occlusions=False)
         runs: dict = {}
         bytes_per_clip = {}
         order = None  # the test rows, the same in every run

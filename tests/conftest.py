@@ -18,7 +18,7 @@ def synth_root(tmp_path_factory) -> Path:
     # the anatomy inside the centre crop, as before the framing option: tolerances of tests that compare
     # two ways of training (one process vs two) were set on this data; framing has tests of its own
     write_synthetic_dataset(root, seed=0, videos=(4, 2, 2), min_seconds=30, max_seconds=45, progress=False,
-                            outside_crop=False)
+                            outside_crop=False, occlusions=False)
     return root
 
 

@@ -24,7 +24,8 @@ def test_the_default_budget_learns_200_keyframes_to_most_of_the_oracle(tmp_path)
     # the anatomy inside the centre crop (outside_crop=False): this tests the budget alone. With the
     # default framing the test mAP of 16 train videos swings between 0.43 and 0.82 of the oracle from
     # one generated dataset to the next, whatever the budget (docs/benchmarks.md, "Field of view")
-    write_synthetic_dataset(root, seed=SEED, videos=(16, 6, 12), progress=False, outside_crop=False)
+    write_synthetic_dataset(root, seed=SEED, videos=(16, 6, 12), progress=False, outside_crop=False,
+                            occlusions=False)
     n_train = len(json.loads((root / "train" / "annotation_ds_coco.json").read_text())["images"])
     assert 180 <= n_train <= 240, n_train  # the size of the project's own synth
     cfg = load_config(None, [*DEMO_OVERRIDES, f"data.root={root}", f"out={tmp_path / 'run'}", f"seed={SEED}",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
@@ -40,6 +41,10 @@ def add_parser(sub) -> None:
                    help="endoscapes: draw the anatomy inside the centre crop in every video (before generator "
                         "version 3); by default each video frames it left, centre or right, so data.view=center "
                         "misses part of it")
+    s.add_argument("--occlusions", action=argparse.BooleanOptionalAction, default=True,
+                   help="endoscapes: tool passes, smoke and blur hide the anatomy for 4-12 s now and then while the "
+                        "true state, and so the labels, go on (default: on); oracle.json then also gives "
+                        "map_frame_only, the best a model without memory can expect")
     s.add_argument("--overwrite", action="store_true", help="replace a dataset folder this command wrote before")
     s.add_argument("--no-progress", action="store_true")
     s.set_defaults(func=run)
@@ -63,7 +68,8 @@ def run(args) -> int:
 
         summary = write_synthetic_dataset(Path(args.out), seed=args.seed, seg_fraction=args.seg_fraction,
                                           seg_every_s=args.seg_every, overwrite=args.overwrite,
-                                          progress=not args.no_progress, outside_crop=not args.centred, **seconds,
+                                          progress=not args.no_progress, outside_crop=not args.centred,
+                                          occlusions=args.occlusions, **seconds,
                                           **({"videos": tuple(args.videos)} if args.videos else {}))
     print(json.dumps(summary, indent=2))
     return 0

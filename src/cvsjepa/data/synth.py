@@ -24,6 +24,8 @@ of that label is ``q = p^3 + 3 p^2 (1 - p)``; its AP against the realised labels
 ``oracle.json``: the best any model that sees the whole frame can score, up to sampling noise
 (framing moves the structures, never their visibilities, and keeps them inside the frame).
 
+Occlusions (:mod:`cvsjepa.data.occlusions`) hide the anatomy at times; the labels go on.
+
 Layout written under ``out`` (see shared/reference/endoscapes2023.md)::
 
     train/ val/ test/         {vid}_{frame}.jpg (854x480, JPEG q90), one frame per second; frame
@@ -40,9 +42,9 @@ Layout written under ``out`` (see shared/reference/endoscapes2023.md)::
     all_metadata.csv          one row per 1 fps frame of every split
     {train,val,test}_vids.txt, {train,val,test}_seg_vids.txt   ids written as floats ("1.0")
     seg_label_map.txt         one "name: id" line per class, e.g. "cystic_plate: 1"
-    oracle.json               per split {"ap": [3], "map", "prevalence", "note"}
+    oracle.json               per split {"ap": [3], "map", "prevalence", "note"} (+ "map_frame_only")
     synth.json                the generator's parameters and seed
-    synth_truth.csv           per frame: the latent visibilities v and the label posteriors q
+    synth_truth.csv           per frame: the latent visibilities v, the label posteriors q, occlusion
     README.txt                says that this is SYNTHETIC data
 
 Determinism: all randomness comes from ``numpy.random.Generator`` objects seeded from ``seed``
@@ -76,6 +78,8 @@ from PIL import Image, ImageDraw, ImageFilter
 
 from ..errors import DataError
 from .endoscapes import CRITERION_COLUMNS
+from .occlusions import FIRST_S, GAP_S, LENGTH_S, OCCLUSION_KINDS, draw_occlusions, event_start, frame_only_scores, occlusion_name, \
+    occlude_pixels, tool_band
 from .oracle import ORACLE_FILE
 
 log = logging.getLogger("cvsjepa")
@@ -117,7 +121,8 @@ IGNORE = 255
 RATER_SLOPE = 10.0  # K in p = sigmoid(K (v - 0.5))
 JPEG_QUALITY = 90
 IGNORE_BAND_PX = 2
-GENERATOR_VERSION = 3  # 2: instance masks (COCO RLE) in the *_seg annotation files; 3: framing (outside_crop)
+# 2: instance masks (COCO RLE) in the *_seg annotation files; 3: framing (outside_crop); 4: occlusions
+GENERATOR_VERSION = 4
 # Framing: the anatomy's horizontal offset per video. Criterion structures span x in ~[-175, 175]
 # around the centre (either flip), the drift adds <= 16 px, the frame's half-width is 427: an offset
 # up to 230 px keeps them whole inside the frame, while the centre crop ends at ~210 px.
@@ -168,6 +173,7 @@ class _Video:
     vis: np.ndarray  # [T, 4] visibilities: triangle, plate, artery, duct
     votes: np.ndarray = field(default=None)  # [n_keyframes, 3 raters, 3 criteria] in {0, 1}
     pan: np.ndarray = field(default=None)  # [T, 2] int framing offset of the anatomy in px (zeros: centred)
+    occlusion: np.ndarray = field(default=None)  # [T] int8: 0, or what hides the anatomy (data/occlusions.py)
 
     @property
     def v(self) -> np.ndarray:
@@ -380,6 +386,11 @@ def _paint(video: _Video, t: int) -> np.ndarray:
         base = tip + side * 7 * n
         d.polygon(P([base + 8 * nj, base + 48 * dirj + 2 * nj, base + 48 * dirj - 2 * nj, base - 8 * nj]),
                   fill=_TOOL)
+    # Occlusion (data/occlusions.py): a retractor passing over every criterion structure.
+    if video.occlusion is not None and occlusion_name(int(video.occlusion[t])) == "tool":
+        body, shine = tool_band(event_start(video.occlusion, t))
+        d.polygon(P(body), fill=_TOOL)
+        d.polygon(P(shine), fill=_TOOL_SHINE)
     return np.asarray(im)
 
 
@@ -404,7 +415,8 @@ def _compose(video: _Video, t: int, ids: np.ndarray, tex: Texture) -> np.ndarray
     colour = _COLOUR[ids] * mod
     img = (bg + alpha * (colour - bg)) * tex.vignette
     img = np.clip(img, 0, 255).astype(np.uint8)
-    return np.asarray(Image.fromarray(img).filter(_SOFTEN))
+    img = np.asarray(Image.fromarray(img).filter(_SOFTEN))
+    return img if video.occlusion is None else occlude_pixels(img, int(video.occlusion[t]))
 
 
 def _seg_mask(ids: np.ndarray) -> np.ndarray:
@@ -519,7 +531,7 @@ def write_synthetic_dataset(out: Path, *, seed: int = 0, videos: tuple[int, int,
                             min_seconds: int = 40, max_seconds: int = 90, seg_fraction: float = 0.3,
                             overwrite: bool = False, progress: bool = True,
                             workers: int | None = None, seg_every_s: int = DET_EVERY_S,
-                            outside_crop: bool = True) -> dict:
+                            outside_crop: bool = True, occlusions: bool = True) -> dict:
     """Write a synthetic Endoscapes2023-layout dataset to ``out`` and return a summary.
 
     ``videos``: number of videos in train/val/test (ids 1..n_train, then val, then test);
@@ -530,6 +542,8 @@ def write_synthetic_dataset(out: Path, *, seed: int = 0, videos: tuple[int, int,
     by this generator (one holding ``synth.json``); any other non-empty folder is refused.
     ``workers``: rendering processes (default: up to 2). ``outside_crop``: frame each video's anatomy
     left, centre or right (:func:`_draw_framing`), so the ``center`` view often misses part of it.
+    ``occlusions``: tool passes, smoke and blur hide the anatomy for a few seconds at a time while the
+    true state (and so the labels) goes on (:mod:`cvsjepa.data.occlusions`).
 
     The dataset is built in a hidden temporary folder next to ``out`` and renamed into place at the
     end, so an interrupted run never leaves a half dataset under ``out``.
@@ -570,6 +584,8 @@ def write_synthetic_dataset(out: Path, *, seed: int = 0, videos: tuple[int, int,
             _draw_votes(rng, video)
             video.pan = _draw_framing(np.random.default_rng(np.random.SeedSequence([seed, vid, 1])),
                                       video.seconds, outside_crop)
+            video.occlusion = draw_occlusions(np.random.default_rng(np.random.SeedSequence([seed, vid, 2])),
+                                              video.seconds, occlusions)
             all_videos.append(video)
 
     # ---- render into a temporary sibling folder
@@ -584,7 +600,7 @@ def write_synthetic_dataset(out: Path, *, seed: int = 0, videos: tuple[int, int,
         boxes = _render_all(all_videos, tmp, progress, workers, seg_every_s)
         summary = _write_annotations(tmp, all_videos, split_vids, seg_vids, boxes, seed=seed, videos=videos,
                                      min_seconds=min_seconds, max_seconds=max_seconds, seg_fraction=seg_fraction,
-                                     seg_every_s=seg_every_s, outside_crop=outside_crop)
+                                     seg_every_s=seg_every_s, outside_crop=outside_crop, occlusions=occlusions)
         if out.exists():
             if any(out.iterdir()):
                 shutil.rmtree(out)  # checked above: overwrite=True and a synth dataset
@@ -667,7 +683,7 @@ def _coco(images: list[dict], annotations: list[dict]) -> str:
 
 def _write_annotations(tmp: Path, all_videos: list[_Video], split_vids: dict, seg_vids: dict, boxes: dict, *,
                        seed: int, videos: tuple, min_seconds: int, max_seconds: int, seg_fraction: float,
-                       seg_every_s: int = DET_EVERY_S, outside_crop: bool = True) -> dict:
+                       seg_every_s: int = DET_EVERY_S, outside_crop: bool = True, occlusions: bool = True) -> dict:
     by_vid = {v.vid: v for v in all_videos}
     csv_rows: list[list[str]] = []
     truth_rows: list[list[str]] = []
@@ -677,7 +693,7 @@ def _write_annotations(tmp: Path, all_videos: list[_Video], split_vids: dict, se
     for split in SPLITS:
         ds_images, vid_images, det_images, seg_images = [], [], [], []
         det_anns, seg_anns = [], []
-        q_key, y_key = [], []
+        q_key, y_key, occ_key = [], [], []
         n_frames = 0
         for vid in split_vids[split]:
             video = by_vid[vid]
@@ -693,6 +709,7 @@ def _write_annotations(tmp: Path, all_videos: list[_Video], split_vids: dict, se
                     ds = [float(votes[:, c].sum()) / 3.0 for c in range(3)]
                     q_key.append(q[t])
                     y_key.append([int(round(x)) for x in ds])
+                    occ_key.append(bool(video.occlusion is not None and video.occlusion[t]))
                 entry = _image_entry(vid, frame, list(ds), is_key)
                 vid_images.append(entry)
                 if is_key:
@@ -720,7 +737,8 @@ def _write_annotations(tmp: Path, all_videos: list[_Video], split_vids: dict, se
                     f"semseg/{vid}_{frame}.png" if has_mask else "", ""])
                 truth_rows.append([split, str(vid), str(frame), str(is_key),
                                    *(f"{x:.6f}" for x in video.v[t]), *(f"{x:.6f}" for x in video.vis[t]),
-                                   *(f"{x:.6f}" for x in q[t])])
+                                   *(f"{x:.6f}" for x in q[t]),
+                                   occlusion_name(int(video.occlusion[t])) if video.occlusion is not None else ""])
                 n_frames += 1
         (tmp / split / "annotation_ds_coco.json").write_text(_coco(ds_images, []))
         (tmp / split / "annotation_coco_vid.json").write_text(_coco(vid_images, []))
@@ -735,10 +753,12 @@ def _write_annotations(tmp: Path, all_videos: list[_Video], split_vids: dict, se
             "map": round(sum(valid) / len(valid), 6) if valid else None,
             "prevalence": [round(x, 6) for x in prev],
             "keyframes": len(y_arr),
-            "note": "AP of the true posterior P(majority of 3 raters says yes | the drawn frame) against the "
+            "note": "AP of the true posterior P(majority of 3 raters says yes | the drawn state) against the "
                     "realised majority labels: the best mAP any model can expect on this split. prevalence = "
                     "the AP of a constant score.",
         }
+        if occlusions:
+            oracle[split].update(_frame_only_oracle(q_arr, y_arr, np.array(occ_key, dtype=bool)))
         splits_summary[split] = {
             "videos": len(split_vids[split]), "frames": n_frames, "keyframes": len(y_arr),
             "det_frames": len(det_images), "seg_frames": len(seg_images),
@@ -746,6 +766,8 @@ def _write_annotations(tmp: Path, all_videos: list[_Video], split_vids: dict, se
             "all_positive_rate": round(float(y_arr.all(1).mean()), 4),
             "all_negative_rate": round(float((~y_arr.astype(bool)).all(1).mean()), 4),
             "oracle_ap": oracle[split]["ap"], "oracle_map": oracle[split]["map"],
+            **({"occluded_keyframes": oracle[split]["occluded_keyframes"],
+                "oracle_map_frame_only": oracle[split]["map_frame_only"]} if occlusions else {}),
         }
 
     header = ["vid", "frame", "avg_cvs", *CRITERION_COLUMNS, "is_ds_keyframe", "cvs_annotator_1",
@@ -753,7 +775,7 @@ def _write_annotations(tmp: Path, all_videos: list[_Video], split_vids: dict, se
     write_csv(tmp / "all_metadata.csv", header, csv_rows)
     write_csv(tmp / "synth_truth.csv",
                ["split", "vid", "frame", "is_ds_keyframe", "v_C1", "v_C2", "v_C3", "v_triangle", "v_plate",
-                "v_artery", "v_duct", "q_C1", "q_C2", "q_C3"], truth_rows)
+                "v_artery", "v_duct", "q_C1", "q_C2", "q_C3", "occlusion"], truth_rows)
     for split in SPLITS:
         (tmp / f"{split}_vids.txt").write_text(_vid_lines(split_vids[split]))
         (tmp / f"{split}_seg_vids.txt").write_text(_vid_lines(seg_vids[split]))
@@ -762,6 +784,11 @@ def _write_annotations(tmp: Path, all_videos: list[_Video], split_vids: dict, se
     params = {"generator": "cvsjepa synth", "generator_version": GENERATOR_VERSION, "synthetic": True,
               "seed": seed, "videos": list(videos), "min_seconds": min_seconds, "max_seconds": max_seconds,
               "seg_fraction": seg_fraction, "seg_every_s": seg_every_s, "outside_crop": outside_crop,
+              "occlusions": occlusions,
+              "occlusion_events": {"kinds": list(OCCLUSION_KINDS), "first_s": list(FIRST_S),
+                                   "length_s": list(LENGTH_S), "gap_s": list(GAP_S),
+                                   "note": "they hide the anatomy; the state and the labels go on (data/occlusions.py)"}
+              if occlusions else None,
               "framing": "each video's anatomy left, centre or right of the centre crop (data.view=center misses "
                          "part of it)" if outside_crop else "anatomy inside the centre crop",
               "width": WIDTH, "height": HEIGHT, "source_fps": SOURCE_FPS,
@@ -774,6 +801,20 @@ def _write_annotations(tmp: Path, all_videos: list[_Video], split_vids: dict, se
     (tmp / "synth.json").write_text(json.dumps(params, indent=2) + "\n")
     (tmp / "README.txt").write_text(_README.format(seed=seed, videos=videos))
     return {"splits": splits_summary}
+
+
+def _frame_only_oracle(q: np.ndarray, y: np.ndarray, occluded: np.ndarray) -> dict:
+    """oracle.json's bound for a model without memory: the true posterior where the anatomy shows, one
+    score per criterion for every occluded keyframe (data/occlusions.py: frame_only_scores)."""
+    scores = frame_only_scores(q, occluded) if len(q) else q
+    ap = [average_precision(scores[:, c], y[:, c]) for c in range(3)] if len(q) else [math.nan] * 3
+    valid = [a for a in ap if not math.isnan(a)]
+    return {"occluded_keyframes": int(occluded.sum()),
+            "ap_frame_only": [None if math.isnan(a) else round(a, 6) for a in ap],
+            "map_frame_only": round(sum(valid) / len(valid), 6) if valid else None,
+            "note_frame_only": "map_frame_only: the best a model that sees only the current frame can expect: the "
+                               "true posterior where the anatomy shows, the mean posterior of the occluded "
+                               "keyframes where it is hidden (map: a model that remembers the state can approach)"}
 
 
 def write_csv(path: Path, header: list[str], rows: list[list[str]]) -> None:
@@ -794,7 +835,11 @@ without the real dataset. Frames are drawn cartoons: three structures in the cen
 (a dark triangle = C1, a yellowish-white plate = C2, two tubes = C3) grow as a latent dissection
 progresses; three simulated raters vote from what is drawn (ds = their mean, label = majority).
 
-oracle.json: the AP of the true label posterior, i.e. the best mAP a model can expect per split.
+Unless written with --no-occlusions, a tool pass, smoke or blur hides the structures for a few seconds
+now and then while the state (and the labels) goes on (synth_truth.csv, column occlusion).
+
+oracle.json: the AP of the true label posterior, i.e. the best mAP a model can expect per split
+(map_frame_only: the bound for a model that sees only the current frame).
 synth.json: the generator's parameters. synth_truth.csv: per-frame latent visibilities.
 """
 
