@@ -14,7 +14,7 @@ from cvsjepa.data.index import detect_format, load_indices
 from cvsjepa.data.sages import FrameVotes, annotated, annotation_step, sages_labels
 from cvsjepa.data.sages_layout import find_layout
 from cvsjepa.data.splits import draw_videos, plan_splits, read_split_file
-from cvsjepa.data.video_frames import VideoCache, VideoFrame
+from cvsjepa.data.video_frames import VideoCache
 from cvsjepa.errors import ConfigError, DataError
 from fixtures_sages import BRIGHT, DARK, NONE, add_case, grid_rows, write_labels, write_video
 

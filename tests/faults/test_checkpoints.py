@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from cvsjepa.checkpoint import ADAPTER_DIR, META_FILE, WEIGHTS_FILE, load_classifier
-from cvsjepa.errors import CheckpointError, ConfigError
+from cvsjepa.errors import CheckpointError
 from cvsjepa.io import sha256_file
 from cvsjepa.rundir import BEST_DIR
 from faults.cli_helpers import one_line_error, run_cli

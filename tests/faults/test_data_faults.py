@@ -6,7 +6,6 @@ Issue 15, items 7 (split lists and frame sizes), 8 (check-data on a criterion wi
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import warnings
