@@ -3,6 +3,7 @@ fixed settings, side by side in one run (whole processes: wall and CPU seconds).
 
     python benchmarks/threads.py                    # 3 paired repeats
     python benchmarks/threads.py --repeats 5 --predict-minutes 10
+    python benchmarks/threads.py --load 2           # with 2 busy processes beside it: a shared machine
 
 Settings: ``default`` (no OMP_NUM_THREADS: cvsjepa chooses from the usable cores, runtime.py),
 ``1`` (OMP_NUM_THREADS=1) and ``N`` (OMP_NUM_THREADS = the usable cores, torch's own default). The
@@ -16,6 +17,7 @@ Results go in docs/benchmarks.md.
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import os
 import resource
 import statistics
@@ -46,11 +48,19 @@ def timed(cmd: list[str], env: dict) -> tuple[float, float]:
     return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
 
+def spin() -> None:
+    """A busy process (pure Python, one core): the other jobs of a shared machine."""
+    while True:
+        pass
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--predict-minutes", type=float, default=5.0, help="length of the 1 fps video to predict")
     p.add_argument("--work", type=Path, default=None, help="scratch folder (default: a temporary one)")
+    p.add_argument("--load", type=int, default=0,
+                   help="busy processes running beside the timed commands (a loaded shared machine)")
     args = p.parse_args()
     work = args.work or Path(tempfile.mkdtemp(prefix="cvsjepa_threads_"))
     cpus = usable_cpus()
@@ -65,6 +75,9 @@ def main() -> None:
     video = generate_video(work / "case.mp4", args.predict_minutes, 1.0, 854, 480)
     run = work / "demo" / "run1"
     results: dict[str, dict[str, list]] = {s: {"demo": [], "predict": []} for s in settings}
+    busy = [multiprocessing.Process(target=spin, daemon=True) for _ in range(args.load)]
+    for b in busy:
+        b.start()
     names = list(settings)
     for r in range(args.repeats):
         order = names[r % len(names):] + names[:r % len(names)]
@@ -78,7 +91,10 @@ def main() -> None:
                                                    "--no-plot", "--no-progress"], env))
             print(f"repeat {r + 1}: {name:>8}  demo {results[name]['demo'][-1][0]:6.1f} s wall   predict "
                   f"{results[name]['predict'][-1][0]:6.1f} s wall", flush=True)
-    print(f"\nmedians over {args.repeats} paired repeats, {cpus} usable core(s) "
+    for b in busy:
+        b.terminate()
+    print(f"\nmedians over {args.repeats} paired repeats, {cpus} usable core(s), {args.load} busy process(es) "
+          f"beside them "
           f"(load average now {os.getloadavg()[0]:.2f}):")
     print(f"{'setting':>10} {'demo wall':>10} {'demo CPU':>9} {'predict wall':>13} {'predict CPU':>12}")
     med = {n: {job: (statistics.median(w for w, _ in v), statistics.median(c for _, c in v))
