@@ -92,6 +92,23 @@ def test_gates_start_shut_so_a_new_head_is_a_classifier_of_the_current_second(he
 
 
 @pytest.mark.parametrize("head_type", TEMPORAL)
+def test_the_gates_follow_the_current_second_not_the_past(head_type):
+    """A gate opens or shuts per keyframe from what the current second shows (so a head can let the
+    history in while smoke hides the present, and keep it out otherwise); it starts at 0 everywhere."""
+    fresh = build_head(HeadConfig(type=head_type, **SMALL), 24).eval()
+    table = torch.randn(50, 24)
+    rows = torch.arange(len(table))
+    history, _ = gather_history(table, rows, torch.zeros_like(rows), fresh.offsets)
+    assert torch.equal(fresh.gates(history), torch.zeros(len(table), fresh.gates(history).shape[1]))
+    head = opened(head_type)
+    g = head.gates(history)
+    assert g.abs().min() > 0 and (g.max(dim=0).values - g.min(dim=0).values).min() > 1e-3  # differs per second
+    past = history.clone()
+    past[:, :-1] = torch.randn_like(past[:, :-1])
+    assert torch.allclose(head.gates(past), g, atol=1e-6)
+
+
+@pytest.mark.parametrize("head_type", TEMPORAL)
 def test_streaming_equals_offline(head_type):
     head = opened(head_type)
     table = torch.randn(150, 24, generator=torch.Generator().manual_seed(2))

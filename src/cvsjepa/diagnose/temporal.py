@@ -13,7 +13,8 @@ The plot shows them against "seconds before t", the span the clip at ``t`` cover
 ``data.frames`` x ``data.stride`` seconds: what a clip model sees), the positions before the video
 began, and, on synthetic data, the seconds an occlusion hid the anatomy (``synth_truth.csv``). The
 table gives the share of the weight beyond the clip's span ("older"): how much the head looks past
-what a clip model could see; and the gates (``tanh(g)``, 0 = the history is shut out).
+what a clip model could see; and each keyframe's gates (0 = the history is shut out; they depend on
+the current second, heads/temporal.py).
 """
 
 from __future__ import annotations
@@ -45,11 +46,6 @@ def occlusions_of(root: str) -> dict:
         return {(int(r["vid"]), int(r["frame"])): r["occlusion"] for r in csv.DictReader(f) if r.get("occlusion")}
 
 
-def gates(head) -> list[float]:
-    """``tanh`` of each gate that lets the history in (gated: the pooled past and the correction; GRU: one)."""
-    return [round(g, 4) for g in head.gates()]
-
-
 @torch.no_grad()
 def temporal_report(model, cfg, sd: SplitData, split: str, picked: list[int], device, batch_size: int, out: Path,
                     data: dict, progress: bool) -> list[str]:
@@ -62,6 +58,7 @@ def temporal_report(model, cfg, sd: SplitData, split: str, picked: list[int], de
     logits, weights = head(history.to(device), mask.to(device), return_attention=True)
     w = weights.float().mean(dim=(1, 2)).cpu().numpy()  # [K, L]
     probs = torch.sigmoid(logits.float()).cpu().numpy()
+    gate = head.gates(history.to(device)).float().cpu().numpy()  # [K, G]: gated: past, correction; GRU: one
     clip_span = (cfg.data.frames - 1) * cfg.data.stride  # the clip at t reaches back this many seconds
     occluded = occlusions_of(cfg.data.root)
     off = np.asarray(offsets)
@@ -75,27 +72,29 @@ def temporal_report(model, cfg, sd: SplitData, split: str, picked: list[int], de
                      "probs": [round(float(p), 4) for p in probs[k]], "weight_older_than_clip": round(older, 4),
                      "most_weight_s_before": int(off[int(np.argmax(w[k]))]),
                      "seconds_in_video": t + 1, "occluded_s_before": hidden,
+                     "gates": [round(float(g), 4) for g in gate[k]],
                      "weights": [round(float(x), 5) for x in w[k]]})
     kind = "attention" if hasattr(head, "blocks") else "influence"
     png = plot_history_weights(out / f"temporal_{split}.png", rows, offsets, clip_span, kind,
                                f"{out.parent.name} ({cfg.head.type}) - {split}: which past seconds the head used")
     data.setdefault("figures", []).append(png.name)
     data["temporal"] = {"head": cfg.head.type, "offsets": list(offsets), "clip_span_s": clip_span, "kind": kind,
-                        "gates": gates(head), "samples": rows}
+                        "samples": rows}
     what = ("the current second's cross-attention weights over its history (last block, mean over heads)"
             if kind == "attention" else "each position's influence: the change of the logits (summed over "
             "criteria) when that second is left out, normalised to sum 1 (a GRU has no attention)")
     return ["## Temporal head: which past seconds it used\n",
             f"History of {len(offsets)} positions over {max(offsets) + 1} s before each keyframe; bars = {what}. "
             f"The dotted line marks the {clip_span + 1} s the clip at t covers by itself (what a clip model sees); "
-            f"'older' = the weight beyond it. Gates tanh(g) (0 = history shut out): {gates(head)}."
+            f"'older' = the weight beyond it. Gates: how far the history comes in for that keyframe (0 = shut out)."
             + (" Orange spans: seconds an occlusion hid the anatomy (synth_truth.csv)." if occluded else "") + "\n",
             md_table(rows, [("sample_id", "keyframe", "g"), ("category", "category", "g"),
                             ("label", "label", lambda r: str(r["label"])),
                             ("probs", "probabilities", lambda r: str(r["probs"])),
                             ("weight_older_than_clip", "weight older than the clip", "pct"),
                             ("most_weight_s_before", "most weight (s before t)", "g"),
-                            ("seconds_in_video", "s of video so far", "g")]),
+                            ("seconds_in_video", "s of video so far", "g"),
+                            ("gates", "gates", lambda r: str(r["gates"]))]),
             image(png.name, "temporal weights")]
 
 

@@ -20,15 +20,20 @@ position (before the video began) has no effect (every attention score and recur
 
 **Heads.** Both project each second (LayerNorm, Linear to ``head.temporal_dim``) and add a learned
 embedding of its position (how long ago it was), and both start as a classifier of the current
-second alone: the history enters through a gate ``tanh(g)`` with ``g = 0`` at initialisation (as
-Flamingo's gated cross-attention), so training opens it only as far as the history helps.
+second alone: the history enters through a gate ``tanh(g + W a_t)``, 0 at initialisation (as
+Flamingo's gated cross-attention), so training opens it only as far as the history helps. The gate
+depends on the current second (``a_t``, its projected input): the head can learn to open it when
+the present shows nothing (smoke, a tool across the anatomy) and keep it shut when it does. A gate
+of one learned constant could only trade the two off: on occluded synthetic data it opened in one
+training seed of three, the input-dependent gate in most (docs/benchmarks.md, "Temporal heads").
 
-* ``temporal_gated`` (:class:`GatedTemporalHead`): ``head.depth`` gated cross-attention blocks; the
-  current second queries its history (Perceiver-style), ``q = q + tanh(g_a) xattn(q, history)``,
-  ``q = q + tanh(g_m) mlp(q)``; ``return_attention`` gives the weights over the history positions.
+* ``temporal_gated`` (:class:`GatedTemporalHead`): ``head.depth`` cross-attention blocks in which the
+  current second queries its history (Perceiver-style); the last block's weights pool the history's
+  embeddings, gated into the present; ``return_attention`` gives the weights over the positions.
 * ``temporal_gru`` (:class:`GRUTemporalHead`): a GRU cell runs over the history oldest to newest,
-  skipping masked positions; ``rep = x_t + tanh(g) W h_L``. It has no attention: its explanation is
-  the influence of each position (how much the logits move when that second is left out).
+  skipping masked positions; ``rep = x_t + tanh(g + W a_t) U h_L``. It has no attention: its
+  explanation is the influence of each position (how much the logits move when that second is
+  left out).
 """
 
 from __future__ import annotations
@@ -193,12 +198,13 @@ class GatedTemporalHead(nn.Module):
 
     The current second queries its history through ``head.depth`` cross-attention blocks (in a
     projected space of ``head.temporal_dim``); the last block's weights, averaged over its heads,
-    pool the history's embeddings themselves, ``z = sum_l w_l x_l``, and two gates (0 at first)
-    mix it, and a learned correction, into the current second's embedding:
+    pool the history's embeddings themselves, ``z = sum_l w_l x_l``, and two gates (0 at first, each
+    a constant plus a linear function of the current second's projected input ``a_t``) mix it, and a
+    learned correction, into the current second's embedding:
 
-        rep = x_t + tanh(g_z) (z - x_t) + tanh(g_c) W_c q        logits = readout(rep)
+        rep = x_t + tanh(g_z + w_z a_t) (z - x_t) + tanh(g_c + w_c a_t) W_c q     logits = readout(rep)
 
-    With ``g_z`` open the head reads out an attention-weighted past (e.g. the last second the anatomy
+    With the first gate open the head reads out an attention-weighted past (e.g. the last second the anatomy
     showed) with the same readout as the present. ``return_attention`` gives ``w`` per head
     ``[B, num_heads, 1, L]`` (the last block's)."""
 
@@ -216,6 +222,9 @@ class GatedTemporalHead(nn.Module):
         nn.init.zeros_(self.correct.bias)
         self.gate_pool = nn.Parameter(torch.zeros(1))
         self.gate_correct = nn.Parameter(torch.zeros(1))
+        self.gate_in = nn.Linear(dim, 2)  # the gates also depend on the current second (0 at first)
+        nn.init.zeros_(self.gate_in.weight)
+        nn.init.zeros_(self.gate_in.bias)
         self.readout = Readout(nn.LayerNorm(in_dim), MLP(in_dim, mlp_hidden, num_classes, dropout))
 
     def forward(self, history: Tensor, mask: Tensor, return_attention: bool = False):
@@ -228,17 +237,25 @@ class GatedTemporalHead(nn.Module):
             q, weights = blk(q, a, mask)
         z = (weights.mean(dim=1) @ x)[:, 0]  # [B, E]: the history's embeddings, attention-weighted
         now = x[:, -1]
-        rep = now + torch.tanh(self.gate_pool) * (z - now) + torch.tanh(self.gate_correct) * self.correct(q[:, 0])
+        g = self._gates(a[:, -1])
+        rep = now + g[:, :1] * (z - now) + g[:, 1:] * self.correct(q[:, 0])
         logits = self.readout(rep)
         return (logits, weights) if return_attention else logits
 
-    def gates(self) -> list[float]:
-        return [float(torch.tanh(self.gate_pool)), float(torch.tanh(self.gate_correct))]
+    def _gates(self, now: Tensor) -> Tensor:
+        """``[B, 2]``: how far the pooled past and the correction come in, from the current second's
+        projected input ``now [B, dim]``: ``tanh(g + W now)`` (0 at initialisation)."""
+        return torch.tanh(torch.cat([self.gate_pool, self.gate_correct]) + self.gate_in(now))
+
+    @torch.no_grad()
+    def gates(self, history: Tensor) -> Tensor:
+        """``[B, 2]``: the gates of each keyframe (0 = the history is shut out)."""
+        return self._gates(self.inp(history.to(self.inp.proj.weight.dtype))[:, -1])
 
 
 class GRUTemporalHead(nn.Module):
     """``head.type=temporal_gru``: a GRU cell over the history, oldest to newest (a masked position
-    leaves the state as it was), then ``rep = x_t + tanh(g) W h_L``, ``logits = readout(rep)``.
+    leaves the state as it was), then ``rep = x_t + tanh(g + w a_t) U h_L``, ``logits = readout(rep)``.
     ``return_attention`` gives each position's influence ``[B, 1, 1, L]`` (:meth:`influence`): a GRU
     has no attention weights."""
 
@@ -255,6 +272,9 @@ class GRUTemporalHead(nn.Module):
         nn.init.trunc_normal_(self.out.weight, std=0.02)
         nn.init.zeros_(self.out.bias)
         self.gate = nn.Parameter(torch.zeros(1))
+        self.gate_in = nn.Linear(dim, 1)  # the gate also depends on the current second (0 at first)
+        nn.init.zeros_(self.gate_in.weight)
+        nn.init.zeros_(self.gate_in.bias)
         self.readout = Readout(nn.LayerNorm(in_dim), MLP(in_dim, mlp_hidden, num_classes, dropout))
 
     def forward(self, history: Tensor, mask: Tensor, return_attention: bool = False):
@@ -268,10 +288,16 @@ class GRUTemporalHead(nn.Module):
         h = a.new_zeros(a.shape[0], a.shape[2])
         for step in range(a.shape[1]):
             h = torch.where(mask[:, step, None], self.cell(a[:, step], h), h)
-        return self.readout(x[:, -1] + torch.tanh(self.gate) * self.out(h))
+        return self.readout(x[:, -1] + self._gates(a[:, -1]) * self.out(h))
 
-    def gates(self) -> list[float]:
-        return [float(torch.tanh(self.gate))]
+    def _gates(self, now: Tensor) -> Tensor:
+        """``[B, 1]``: how far the recurrent state comes in, ``tanh(g + W now)`` (0 at initialisation)."""
+        return torch.tanh(self.gate + self.gate_in(now))
+
+    @torch.no_grad()
+    def gates(self, history: Tensor) -> Tensor:
+        """``[B, 1]``: the gate of each keyframe (0 = the history is shut out)."""
+        return self._gates(self.inp(history.to(self.inp.proj.weight.dtype))[:, -1])
 
     @torch.no_grad()
     def influence(self, history: Tensor, mask: Tensor) -> Tensor:
