@@ -320,6 +320,7 @@ def test_diagnose_plots_which_past_seconds_the_head_used(two_stage, tmp_path):
         assert rows and all(len(r["weights"]) == len(res.data["temporal"]["offsets"]) for r in rows)
         for r in rows:  # weights over the positions the video had, summing to 1 (0 where it had not begun)
             assert sum(r["weights"]) == pytest.approx(1.0, abs=1e-3) or not any(r["weights"])
+            assert len(r["gates"]) == (2 if name == "gated" else 1) and all(-1 <= g <= 1 for g in r["gates"])
         with pytest.raises(ConfigError, match="temporal run"):
             diagnose_run(run, DiagnoseOptions(analyses=("attention",)), Reopen(progress=False))
     with pytest.raises(ConfigError, match="clip tokens"):
