@@ -28,7 +28,7 @@ from cvsjepa.errors import CheckpointError, ConfigError
 from cvsjepa.features import FeatureStore, FeatureStoreError
 from cvsjepa.features.extract import extract
 from cvsjepa.heads import build_head
-from cvsjepa.heads.temporal import TemporalStream, gather_history, history_offsets
+from cvsjepa.heads.temporal import TemporalStream, gather_history, history_offsets, keyframe_gates
 
 REPO = Path(__file__).resolve().parent.parent
 TEMPORAL = sorted(get_args(TemporalHeadType))
@@ -99,13 +99,13 @@ def test_the_gates_follow_the_current_second_not_the_past(head_type):
     table = torch.randn(50, 24)
     rows = torch.arange(len(table))
     history, _ = gather_history(table, rows, torch.zeros_like(rows), fresh.offsets)
-    assert torch.equal(fresh.gates(history), torch.zeros(len(table), fresh.gates(history).shape[1]))
+    assert torch.equal(keyframe_gates(fresh, history), torch.zeros(len(table), keyframe_gates(fresh, history).shape[1]))
     head = opened(head_type)
-    g = head.gates(history)
+    g = keyframe_gates(head, history)
     assert g.abs().min() > 0 and (g.max(dim=0).values - g.min(dim=0).values).min() > 1e-3  # differs per second
     past = history.clone()
     past[:, :-1] = torch.randn_like(past[:, :-1])
-    assert torch.allclose(head.gates(past), g, atol=1e-6)
+    assert torch.allclose(keyframe_gates(head, past), g, atol=1e-6)
 
 
 @pytest.mark.parametrize("head_type", TEMPORAL)

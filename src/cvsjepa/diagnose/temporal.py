@@ -29,7 +29,7 @@ import torch
 from ..criteria import CRITERIA
 from ..data.endoscapes import SplitIndex
 from ..data.loaders import SplitData
-from ..heads.temporal import gather_history
+from ..heads.temporal import gather_history, keyframe_gates
 from ..evaluate.temporal import embed_videos, histories
 from .criteria import category
 from .report import image, md_table
@@ -58,7 +58,7 @@ def temporal_report(model, cfg, sd: SplitData, split: str, picked: list[int], de
     logits, weights = head(history.to(device), mask.to(device), return_attention=True)
     w = weights.float().mean(dim=(1, 2)).cpu().numpy()  # [K, L]
     probs = torch.sigmoid(logits.float()).cpu().numpy()
-    gate = head.gates(history.to(device)).float().cpu().numpy()  # [K, G]: gated: past, correction; GRU: one
+    gate = keyframe_gates(head, history.to(device)).float().cpu().numpy()  # [K, G]: gated: past, correction; GRU: one
     clip_span = (cfg.data.frames - 1) * cfg.data.stride  # the clip at t reaches back this many seconds
     occluded = occlusions_of(cfg.data.root)
     off = np.asarray(offsets)

@@ -157,6 +157,28 @@ class Readout(nn.Module):
         return self.classifier(q[:, 0] if self.mode == "single" else q.mean(dim=1))
 
 
+class CurrentGate(nn.Module):
+    """``now [B, dim]`` (the current second's projected input) -> ``[B, n]`` = ``tanh(g + W now)``: how
+    far each of a head's ``n`` history paths comes in for this keyframe; 0 at initialisation (``g``
+    and ``W`` zero), so a new head ignores its history."""
+
+    def __init__(self, dim: int, n: int):
+        super().__init__()
+        self.const = nn.Parameter(torch.zeros(n))
+        self.proj = nn.Linear(dim, n)
+        nn.init.zeros_(self.proj.weight)
+        nn.init.zeros_(self.proj.bias)
+
+    def forward(self, now: Tensor) -> Tensor:
+        return torch.tanh(self.const + self.proj(now))
+
+
+@torch.no_grad()
+def keyframe_gates(head: nn.Module, history: Tensor) -> Tensor:
+    """``[B, n]``: a temporal head's gates for each keyframe's history (0 = the history is shut out)."""
+    return head.gate(head.inp(history.to(head.inp.proj.weight.dtype))[:, -1])
+
+
 def _check(head: nn.Module, history: Tensor, mask: Tensor) -> None:
     n = len(head.offsets)
     if history.ndim != 3 or history.shape[1] != n or history.shape[2] != head.in_dim:
@@ -220,11 +242,7 @@ class GatedTemporalHead(nn.Module):
         self.correct = nn.Linear(dim, in_dim)
         nn.init.trunc_normal_(self.correct.weight, std=0.02)
         nn.init.zeros_(self.correct.bias)
-        self.gate_pool = nn.Parameter(torch.zeros(1))
-        self.gate_correct = nn.Parameter(torch.zeros(1))
-        self.gate_in = nn.Linear(dim, 2)  # the gates also depend on the current second (0 at first)
-        nn.init.zeros_(self.gate_in.weight)
-        nn.init.zeros_(self.gate_in.bias)
+        self.gate = CurrentGate(dim, 2)  # the pooled past, the correction
         self.readout = Readout(nn.LayerNorm(in_dim), MLP(in_dim, mlp_hidden, num_classes, dropout))
 
     def forward(self, history: Tensor, mask: Tensor, return_attention: bool = False):
@@ -237,20 +255,10 @@ class GatedTemporalHead(nn.Module):
             q, weights = blk(q, a, mask)
         z = (weights.mean(dim=1) @ x)[:, 0]  # [B, E]: the history's embeddings, attention-weighted
         now = x[:, -1]
-        g = self._gates(a[:, -1])
+        g = self.gate(a[:, -1])
         rep = now + g[:, :1] * (z - now) + g[:, 1:] * self.correct(q[:, 0])
         logits = self.readout(rep)
         return (logits, weights) if return_attention else logits
-
-    def _gates(self, now: Tensor) -> Tensor:
-        """``[B, 2]``: how far the pooled past and the correction come in, from the current second's
-        projected input ``now [B, dim]``: ``tanh(g + W now)`` (0 at initialisation)."""
-        return torch.tanh(torch.cat([self.gate_pool, self.gate_correct]) + self.gate_in(now))
-
-    @torch.no_grad()
-    def gates(self, history: Tensor) -> Tensor:
-        """``[B, 2]``: the gates of each keyframe (0 = the history is shut out)."""
-        return self._gates(self.inp(history.to(self.inp.proj.weight.dtype))[:, -1])
 
 
 class GRUTemporalHead(nn.Module):
@@ -271,10 +279,7 @@ class GRUTemporalHead(nn.Module):
         self.out = nn.Linear(dim, in_dim)
         nn.init.trunc_normal_(self.out.weight, std=0.02)
         nn.init.zeros_(self.out.bias)
-        self.gate = nn.Parameter(torch.zeros(1))
-        self.gate_in = nn.Linear(dim, 1)  # the gate also depends on the current second (0 at first)
-        nn.init.zeros_(self.gate_in.weight)
-        nn.init.zeros_(self.gate_in.bias)
+        self.gate = CurrentGate(dim, 1)
         self.readout = Readout(nn.LayerNorm(in_dim), MLP(in_dim, mlp_hidden, num_classes, dropout))
 
     def forward(self, history: Tensor, mask: Tensor, return_attention: bool = False):
@@ -288,16 +293,7 @@ class GRUTemporalHead(nn.Module):
         h = a.new_zeros(a.shape[0], a.shape[2])
         for step in range(a.shape[1]):
             h = torch.where(mask[:, step, None], self.cell(a[:, step], h), h)
-        return self.readout(x[:, -1] + self._gates(a[:, -1]) * self.out(h))
-
-    def _gates(self, now: Tensor) -> Tensor:
-        """``[B, 1]``: how far the recurrent state comes in, ``tanh(g + W now)`` (0 at initialisation)."""
-        return torch.tanh(self.gate + self.gate_in(now))
-
-    @torch.no_grad()
-    def gates(self, history: Tensor) -> Tensor:
-        """``[B, 1]``: the gate of each keyframe (0 = the history is shut out)."""
-        return self._gates(self.inp(history.to(self.inp.proj.weight.dtype))[:, -1])
+        return self.readout(x[:, -1] + self.gate(a[:, -1]) * self.out(h))
 
     @torch.no_grad()
     def influence(self, history: Tensor, mask: Tensor) -> Tensor:
@@ -328,4 +324,4 @@ def describe_offsets(offsets: tuple[int, ...]) -> str:
 
 
 __all__ = ["GatedTemporalHead", "GRUTemporalHead", "HistoryBuffer", "TemporalStream", "gather_history",
-           "history_offsets", "describe_offsets", "HISTORY_KEY", "MASK_KEY"]
+           "keyframe_gates", "history_offsets", "describe_offsets", "HISTORY_KEY", "MASK_KEY"]
