@@ -24,6 +24,7 @@ import math
 import os
 import shutil
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable
 
@@ -110,6 +111,44 @@ def apply_umask(path: Path) -> None:
     for p in [path, *(path.rglob("*") if path.is_dir() else [])]:
         if not p.is_symlink():
             os.chmod(p, (0o777 if p.is_dir() else 0o666) & ~mask)
+
+
+def check_replaceable(out: Path, *, overwrite: bool, marker: str, command: str, error: type[CVSJepaError]) -> None:
+    """``out`` may be written as a whole folder: it does not exist, or ``overwrite`` is set and it is an
+    empty folder or one ``command`` wrote (it holds ``marker``); else ``error``. A user's folder is
+    never replaced."""
+    if out.exists() and not overwrite:
+        raise error(f"{out} already exists; choose another --out or pass --overwrite")
+    if out.exists() and not (out.is_dir() and (not any(out.iterdir()) or (out / marker).is_file())):
+        raise error(f"{out} was not written by `{command}` (it has no {marker}), so --overwrite will not "
+                    f"replace it; choose another --out or remove it yourself")
+
+
+@contextmanager
+def staged_folder(out: Path, *, overwrite: bool, marker: str, command: str, error: type[CVSJepaError]):
+    """A temporary sibling of ``out`` to write a whole folder into (:func:`check_replaceable` first):
+    given the umask's modes and renamed into place when the block succeeds, so ``out`` is either the
+    old folder or the complete new one; removed when the block fails."""
+    out = Path(out).expanduser()
+    check_replaceable(out, overwrite=overwrite, marker=marker, command=command, error=error)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{out.name}.", dir=out.parent))
+    except PermissionError as e:
+        raise error(f"cannot write {out}: permission denied; choose another --out") from e
+    try:
+        yield tmp
+        apply_umask(tmp)  # mkdtemp makes 0700 and safetensors writes 0600: lab-mates must read the folder
+        if out.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".old-{out.name}.", dir=out.parent))
+            os.replace(out, old / out.name)
+            os.replace(tmp, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def atomic_write_text(path: Path, text: str) -> None:

@@ -23,16 +23,13 @@ safetensors writes 0600), so lab-mates can read the weights.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
 from ..errors import CheckpointError
-from ..io import apply_umask
+from ..io import check_replaceable, staged_folder
 from . import meta, meta21, vjepa2, vjepa21
 from ._hf import CONVERSION_NOTE
 from .meta_format import family_of, names, read_state
@@ -59,40 +56,19 @@ def convert_checkpoint(path: str | Path, out: str | Path, *, preset: str = "auto
     refused unless ``overwrite``, and even then unless it is empty or an earlier conversion's.
     CheckpointError for anything the loaders refuse."""
     out = Path(out).expanduser()
-    if out.exists() and not overwrite:
-        raise CheckpointError(f"{out} already exists; choose another --out or pass --overwrite")
-    if out.exists() and not _replaceable(out):
-        raise CheckpointError(f"{out} was not written by `cvsjepa convert` (it has no {CONVERSION_NOTE}), so "
-                              f"--overwrite will not delete it; choose another --out or remove it yourself")
+    folder = dict(overwrite=overwrite, marker=CONVERSION_NOTE, command="cvsjepa convert", error=CheckpointError)
+    check_replaceable(out, **folder)  # before loading a checkpoint of several GB
     family = detect_family(path, key)
     load_pt, load_dir = _family(family)
     model, info = load_pt(path, preset=preset, key=key)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{out.name}.", dir=out.parent))
-    try:
+    with staged_folder(out, **folder) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         _verify(tmp, model, load_dir, family)
         note = {"source": str(Path(path).expanduser().resolve()), "source_format": SOURCE_FORMATS[family],
                 "family": family, **info, "converted_by": "cvsjepa convert"}
         (tmp / CONVERSION_NOTE).write_text(json.dumps(note, indent=2) + "\n")
         (tmp / "README.md").write_text(_readme(note))
-        apply_umask(tmp)  # mkdtemp's 0700 and safetensors' 0600 would lock lab-mates out of the weights
-        if out.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".old-{out.name}.", dir=out.parent))
-            os.replace(out, old / out.name)
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
-
-
-def _replaceable(out: Path) -> bool:
-    """An empty folder, or the output of an earlier conversion."""
-    return out.is_dir() and (not any(out.iterdir()) or (out / CONVERSION_NOTE).is_file())
 
 
 def _token_state(model: Any, family: str) -> dict[str, torch.Tensor]:

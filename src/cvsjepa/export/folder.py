@@ -6,14 +6,11 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
-import tempfile
-from contextlib import contextmanager
 from pathlib import Path
 
 from ..errors import ConfigError
-from ..io import apply_umask, atomic_write_json
+from ..io import atomic_write_json, staged_folder
 from ..rundir import CALIBRATION_FILE, THRESHOLDS_FILE, RunDir, predictions_file
 
 log = logging.getLogger("cvsjepa")
@@ -42,39 +39,11 @@ def copy_operating(run_dir: RunDir | None, ckpt: Path, out: Path) -> None:
                     "0.5 for every criterion", run_dir or ckpt)
 
 
-def _replaceable(out: Path) -> bool:
-    return out.is_dir() and (not any(out.iterdir()) or (out / EXPORT_NOTE).is_file())
-
-
-@contextmanager
 def staging(out: Path, overwrite: bool):
     """A temporary sibling of ``out`` to write into; moved into place when the block succeeds,
     removed when it fails. ``out`` may exist only with ``overwrite`` and only as an empty folder or an
-    earlier export."""
-    out = out.expanduser()
-    if out.exists() and not overwrite:
-        raise ConfigError(f"{out} already exists; choose another --out or pass --overwrite")
-    if out.exists() and not _replaceable(out):
-        raise ConfigError(f"{out} was not written by `cvsjepa export` (it has no {EXPORT_NOTE}), so --overwrite "
-                          f"will not replace it; choose another --out or remove it yourself")
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{out.name}.", dir=out.parent))
-    except PermissionError as e:
-        raise ConfigError(f"cannot write {out}: permission denied; choose another --out") from e
-    try:
-        yield tmp
-        apply_umask(tmp)  # mkdtemp makes 0700 and safetensors writes 0600: lab-mates must read an export
-        if out.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".old-{out.name}.", dir=out.parent))
-            os.replace(out, old / out.name)
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    earlier export (``io.staged_folder``)."""
+    return staged_folder(out, overwrite=overwrite, marker=EXPORT_NOTE, command="cvsjepa export", error=ConfigError)
 
 
 def read_note(folder: str | Path) -> dict:
