@@ -40,6 +40,18 @@ def tiny_overrides(synth_root, tmp_path) -> list[str]:
     return tiny_train_args(synth_root, tmp_path / "run")
 
 
+@pytest.fixture(autouse=True)
+def keep_log_handlers():
+    """cli.main() points the "cvsjepa" logger at the sys.stderr of the moment (capsys's, closed after
+    the test): put the previous handlers back so later tests do not log into a closed file."""
+    import logging
+
+    logger = logging.getLogger("cvsjepa")
+    saved = logger.handlers[:]
+    yield
+    logger.handlers[:] = saved
+
+
 @pytest.fixture(scope="session", autouse=True)
 def one_thread():
     """Every test runs one intra-op thread, and so does every process a test starts

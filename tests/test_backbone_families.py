@@ -5,7 +5,6 @@
 from __future__ import annotations
 
 import json
-import logging
 
 import pytest
 import torch
@@ -24,13 +23,6 @@ from cvsjepa.errors import CheckpointError, ConfigError
 FRAMES = {"vjepa2": 4, "videomae": 4, "dinov2": 4, "dinov3": 4, "vjepa21": 4}
 TRAIN_FRAMES = {"vjepa2": 2, "videomae": 4, "dinov2": 2, "vjepa21": 2, "dinov3": 2}
 
-
-@pytest.fixture(autouse=True)
-def keep_log_handlers():
-    logger = logging.getLogger("cvsjepa")  # cli.main() re-points it at the current sys.stderr
-    saved = logger.handlers[:]
-    yield
-    logger.handlers[:] = saved
 
 
 def tiny(name: str, **kw) -> Backbone:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import logging
 import pickle
 
 import pytest
@@ -34,15 +33,6 @@ REMAINDER = dict(crop_size=32, patch_size=8, frames_per_clip=4, tubelet_size=2, 
 def remainder_preset(monkeypatch):
     monkeypatch.setitem(vjepa2_presets.PRESETS, "remainder", REMAINDER)
 
-
-@pytest.fixture(autouse=True)
-def keep_log_handlers():
-    # cli.main() points the "cvsjepa" logger at the sys.stderr of the moment (capsys's, closed
-    # after the test): put the previous handlers back so later tests do not log into a closed file.
-    logger = logging.getLogger("cvsjepa")
-    saved = logger.handlers[:]
-    yield
-    logger.handlers[:] = saved
 
 
 # ------------------------------------------------------------------ the original structure

@@ -5,7 +5,6 @@ directory; the hierarchical multilevel features; the encoder key, predictor and 
 from __future__ import annotations
 
 import json
-import logging
 import math
 
 import pytest
@@ -37,13 +36,6 @@ def test_presets(monkeypatch):
     monkeypatch.setitem(vjepa21_presets.PRESETS, "remainder", REMAINDER)
     monkeypatch.setitem(vjepa21_presets.PRESETS, "vitl-2layers", VITL2)
 
-
-@pytest.fixture(autouse=True)
-def keep_log_handlers():
-    logger = logging.getLogger("cvsjepa")  # cli.main() re-points it at the current sys.stderr
-    saved = logger.handlers[:]
-    yield
-    logger.handlers[:] = saved
 
 
 # ------------------------------------------------------------------ the original structure

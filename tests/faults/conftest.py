@@ -1,9 +1,9 @@
 """Fixtures of the fault suite: one finished tiny run per session (copied by each test that damages
-it), a private copy of the synthetic data, and the cvsjepa logger put back after ``cli.main``."""
+it) and a private copy of the synthetic data (the cvsjepa logger is put back after every test by
+``tests/conftest.py``)."""
 
 from __future__ import annotations
 
-import logging
 import shutil
 from pathlib import Path
 
@@ -32,13 +32,4 @@ def data_copy(synth_root, tmp_path) -> Path:
     shutil.copytree(synth_root, root, symlinks=True)
     return root
 
-
-@pytest.fixture(autouse=True)
-def keep_log_handlers():
-    # cli.main() points the "cvsjepa" logger at the sys.stderr of the moment (capsys's, closed after
-    # the test): put the previous handlers back so later tests do not log into a closed file.
-    logger = logging.getLogger("cvsjepa")
-    saved = logger.handlers[:]
-    yield
-    logger.handlers[:] = saved
 
